@@ -1,0 +1,148 @@
+"""HSTU: Hierarchical Sequential Transduction Unit (Zhai et al., ICML 2024, arXiv 2402.17152).
+
+Matches the public-dataset research path of Meta's generative-recommenders
+(`SequentialTransductionUnitJagged` with `RelativeBucketedTimeAndPositionBasedBias`):
+
+  U, V, Q, K = Split(SiLU(LayerNorm(X) W_uvqk))                  (no bias, SiLU on all four)
+  A          = SiLU(Q Kᵀ + rab^{p,t}) / n ⊙ causal_mask         (no 1/√d, n = padded length)
+  Y          = X + W_o Dropout(U ⊙ LayerNorm(A V)) + b_o        (no FFN)
+
+LayerNorms have no affine parameters (eps 1e-6). rab is one bias shared by all heads: a learned
+Toeplitz position bias plus a learned bias over log-bucketed time gaps.
+
+Dense right-padded layout: a valid query i < length only attends to keys j <= i, which are all
+valid, so valid outputs equal the reference's jagged computation exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def layer_norm(x: Array, eps: float) -> Array:
+  """LayerNorm over the last axis without learnable scale or shift."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def time_buckets(ts_BxN1: Array, num_buckets: int = 128, bucket_size: float = 0.301) -> Array:
+  """bucket[b, i, j] = clamp(floor(ln(max(|ts[i+1] - ts[j]|, 1)) / 0.301), 0, num_buckets).
+
+  ts[i + 1] is the timestamp of the item that follows query position i (the target's timestamp
+  for the last history position). Natural log divided by 0.301, as in the reference.
+  """
+  ts_BxN1 = ts_BxN1.astype(jnp.int32)
+  dt_BxNxN = ts_BxN1[:, 1:, None] - ts_BxN1[:, None, :-1]
+  dt = jnp.maximum(jnp.abs(dt_BxNxN), 1).astype(jnp.float32)
+  b = jnp.floor(jnp.log(dt) / bucket_size).astype(jnp.int32)
+  return jnp.clip(b, 0, num_buckets)
+
+
+class RelativeBucketedTimeAndPositionBias(nn.Module):
+  """rab^{p,t}[b, i, j] = w_pos[N - 1 + j - i] + w_time[bucket[b, i, j]]."""
+
+  max_len: int
+  num_buckets: int = 128
+  use_time: bool = True
+
+  @nn.compact
+  def __call__(self, buckets_BxNxN: Array | None) -> Array:
+    n = self.max_len
+    init = nn.initializers.normal(stddev=0.02)
+    pos_w = self.param("pos_w", init, (2 * n - 1,))
+    i = jnp.arange(n)
+    bias_1xNxN = pos_w[n - 1 + i[None, :] - i[:, None]][None]
+    if not self.use_time or buckets_BxNxN is None:
+      return bias_1xNxN
+    ts_w = self.param("ts_w", init, (self.num_buckets + 1,))
+    return bias_1xNxN + ts_w[buckets_BxNxN]
+
+
+def _torch_linear_bias_init(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class HSTULayer(nn.Module):
+  """One HSTU block (pointwise aggregated attention + gating, residual)."""
+
+  num_heads: int
+  dqk: int
+  dv: int
+  dropout_rate: float
+  attn_norm_len: int  # n in SiLU(.)/n: the reference's padded total length
+  num_buckets: int = 128
+  use_time_bias: bool = True
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x_BxNxD: Array, buckets_BxNxN: Array | None, deterministic: bool) -> Array:
+    b, n, d = x_BxNxD.shape
+    h, dqk, dv = self.num_heads, self.dqk, self.dv
+    # U, V, Q, K = Split(φ1(f1(X))), f1 bias-free, φ1 = SiLU on the whole projection.
+    w_uvqk = self.param("uvqk", nn.initializers.normal(0.02), (d, 2 * h * dv + 2 * h * dqk))
+    uvqk_BxNxF = jax.nn.silu(layer_norm(x_BxNxD, self.eps) @ w_uvqk)
+    u_BxNxHV, v_BxNxHV, q_BxNxHQ, k_BxNxHQ = jnp.split(
+        uvqk_BxNxF, [h * dv, 2 * h * dv, 2 * h * dv + h * dqk], axis=-1
+    )
+    q_BxNxHxQ = q_BxNxHQ.reshape(b, n, h, dqk)
+    k_BxNxHxQ = k_BxNxHQ.reshape(b, n, h, dqk)
+    v_BxNxHxV = v_BxNxHV.reshape(b, n, h, dv)
+
+    # A = φ2(QKᵀ + rab^{p,t}) / n, causal; φ2 = SiLU.
+    rab = RelativeBucketedTimeAndPositionBias(
+        max_len=n, num_buckets=self.num_buckets, use_time=self.use_time_bias, name="rab"
+    )(buckets_BxNxN)
+    qk_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q_BxNxHxQ, k_BxNxHxQ) + rab[:, None]
+    causal_NxN = jnp.tril(jnp.ones((n, n), dtype=bool))
+    attn_BxHxNxN = jnp.where(causal_NxN, jax.nn.silu(qk_BxHxNxN) / self.attn_norm_len, 0.0)
+    av_BxNxHV = jnp.einsum("bhnm,bmhd->bnhd", attn_BxHxNxN, v_BxNxHxV).reshape(b, n, h * dv)
+
+    # Y = f2(Dropout(U ⊙ Norm(AV))) + X.
+    o_BxNxHV = u_BxNxHV * layer_norm(av_BxNxHV, self.eps)
+    o_BxNxHV = nn.Dropout(self.dropout_rate)(o_BxNxHV, deterministic=deterministic)
+    y_BxNxD = nn.Dense(
+        d,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=_torch_linear_bias_init(h * dv),
+        name="o",
+    )(o_BxNxHV)
+    return y_BxNxD + x_BxNxD
+
+
+class HSTUEncoder(nn.Module):
+  """A stack of HSTU layers; time buckets are computed once and shared by the layers."""
+
+  num_blocks: int
+  num_heads: int
+  dqk: int
+  dv: int
+  dropout_rate: float
+  attn_norm_len: int
+  num_buckets: int = 128
+  use_time_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxNxD: Array, ts_BxN1: Array | None, deterministic: bool) -> Array:
+    buckets = None
+    if self.use_time_bias and ts_BxN1 is not None:
+      buckets = time_buckets(ts_BxN1, self.num_buckets)
+    for i in range(self.num_blocks):
+      x_BxNxD = HSTULayer(
+          num_heads=self.num_heads,
+          dqk=self.dqk,
+          dv=self.dv,
+          dropout_rate=self.dropout_rate,
+          attn_norm_len=self.attn_norm_len,
+          num_buckets=self.num_buckets,
+          use_time_bias=self.use_time_bias,
+          name=f"layer_{i}",
+      )(x_BxNxD, buckets, deterministic)
+    return x_BxNxD

@@ -1,0 +1,91 @@
+"""Causal softmax self-attention blocks: SASRec (Kang & McAuley, ICDM 2018, arXiv 1808.09781).
+
+As in the generative-recommenders research baseline (sampled softmax instead of BCE):
+
+  Q   = LN(X)                                   (no affine, eps 1e-8)
+  M   = MHA(query=Q, key=X, value=X)            softmax(QKᵀ/√d_h) causal, dropout on weights
+  Y   = FFN(LN(Q + M))                          FFN(z) = z + Drop(W2 Drop(ReLU(W1 z + b1)) + b2)
+  X'  = Y ⊙ valid_mask
+
+Weights are xavier-normal, attention biases zero, FFN biases torch's default uniform.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from genrec_jax.nn.hstu import layer_norm
+
+Array = jax.Array
+
+
+def _uniform_bias(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class CausalSelfAttention(nn.Module):
+  """torch.nn.MultiheadAttention semantics with a causal mask."""
+
+  num_heads: int
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, q_BxNxD: Array, kv_BxNxD: Array, deterministic: bool) -> Array:
+    b, n, d = q_BxNxD.shape
+    h = self.num_heads
+    dh = d // h
+    xavier = nn.initializers.xavier_normal()
+    # torch initialises in_proj_weight as one (3D, D) matrix.
+    w_in = self.param("in_proj", lambda k, s: xavier(k, (3 * d, d)).T, (d, 3 * d))
+    b_in = self.param("in_proj_bias", nn.initializers.zeros, (3 * d,))
+    q = (q_BxNxD @ w_in[:, :d] + b_in[:d]).reshape(b, n, h, dh)
+    k = (kv_BxNxD @ w_in[:, d : 2 * d] + b_in[d : 2 * d]).reshape(b, n, h, dh)
+    v = (kv_BxNxD @ w_in[:, 2 * d :] + b_in[2 * d :]).reshape(b, n, h, dh)
+    logits_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(dh)
+    causal_NxN = jnp.tril(jnp.ones((n, n), dtype=bool))
+    logits_BxHxNxN = jnp.where(causal_NxN, logits_BxHxNxN, -jnp.inf)
+    w_BxHxNxN = jax.nn.softmax(logits_BxHxNxN, axis=-1)
+    w_BxHxNxN = nn.Dropout(self.dropout_rate)(w_BxHxNxN, deterministic=deterministic)
+    out = jnp.einsum("bhnm,bmhd->bnhd", w_BxHxNxN, v).reshape(b, n, d)
+    return nn.Dense(d, kernel_init=xavier, bias_init=nn.initializers.zeros, name="out_proj")(out)
+
+
+class PointwiseFFN(nn.Module):
+  hidden_dim: int
+  dropout_rate: float
+
+  @nn.compact
+  def __call__(self, x_BxNxD: Array, deterministic: bool) -> Array:
+    d = x_BxNxD.shape[-1]
+    xavier = nn.initializers.xavier_normal()
+    drop = nn.Dropout(self.dropout_rate)
+    y = nn.Dense(self.hidden_dim, kernel_init=xavier, bias_init=_uniform_bias(d), name="w1")(x_BxNxD)
+    y = drop(jax.nn.relu(y), deterministic=deterministic)
+    y = nn.Dense(d, kernel_init=xavier, bias_init=_uniform_bias(self.hidden_dim), name="w2")(y)
+    return drop(y, deterministic=deterministic) + x_BxNxD
+
+
+class SASRecEncoder(nn.Module):
+  num_blocks: int
+  num_heads: int
+  ffn_hidden_dim: int
+  dropout_rate: float
+  eps: float = 1e-8
+
+  @nn.compact
+  def __call__(self, x_BxNxD: Array, mask_BxN: Array, deterministic: bool) -> Array:
+    for i in range(self.num_blocks):
+      q = layer_norm(x_BxNxD, self.eps)
+      m = CausalSelfAttention(self.num_heads, self.dropout_rate, name=f"attn_{i}")(
+          q, x_BxNxD, deterministic
+      )
+      y = PointwiseFFN(self.ffn_hidden_dim, self.dropout_rate, name=f"ffn_{i}")(
+          layer_norm(q + m, self.eps), deterministic
+      )
+      x_BxNxD = y * mask_BxN[..., None]
+    return x_BxNxD

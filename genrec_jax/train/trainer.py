@@ -1,0 +1,292 @@
+"""Fit / evaluate loop for sequential recommenders.
+
+The train step is one jitted pure function of (state, batch, key) over a `jax.sharding.Mesh`
+(batch sharded on 'data', parameters replicated). Its PRNG key is fold_in(seed, step) and batch k
+is a pure function of (seed, k), so a run resumed from a checkpoint continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from genrec_jax import losses, metrics
+from genrec_jax.data import pipeline
+from genrec_jax.data.sequences import Examples, Split
+from genrec_jax.models.sequential import SequentialRecommender, build_model
+from genrec_jax.train.checkpoint import Checkpoints
+
+Array = jax.Array
+State = dict[str, Any]  # {'params', 'opt_state', 'step'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """Everything the loop needs to know about the data."""
+
+  split: Split
+  catalog: np.ndarray  # int ids that are ranked and sampled
+  num_items: int  # item table rows
+
+
+def make_mesh() -> Mesh:
+  """A 1-D data-parallel mesh over all devices (auto sharding propagation)."""
+  return jax.make_mesh(
+      (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  t = cfg.train
+  return optax.adamw(t.learning_rate, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay)
+
+
+def init_state(model: SequentialRecommender, tx, cfg, key: Array) -> State:
+  n = cfg.data.max_seq_len
+  ids = jnp.zeros((1, n), jnp.int32)
+  ts = jnp.zeros((1, n + 1), jnp.int32)
+  params = model.init({"params": key}, ids, ts)["params"]
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
+  lc = cfg.loss
+
+  def loss_fn(params, batch, key):
+    k_drop, k_neg = jax.random.split(key)
+    user_BxNxD = model.apply(
+        {"params": params}, batch["ids"], batch["ts"], deterministic=False, rngs={"dropout": k_drop}
+    )
+    table_VxD = model.apply({"params": params}, method=model.item_table)
+    targets_BxN = batch["targets"]
+    if lc.name == "sampled_softmax":
+      offs = losses.sample_negatives(k_neg, targets_BxN.shape, lc.num_negatives, catalog.shape[0])
+      return losses.sampled_softmax_loss(
+          user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, impl=lc.impl
+      )
+    if lc.name == "full_softmax":
+      return losses.full_softmax_loss(user_BxNxD, targets_BxN, table_VxD, catalog, lc.temperature)
+    raise ValueError(f"unknown loss {lc.name!r}")
+
+  return loss_fn
+
+
+def make_train_step(model, tx, cfg, catalog: Array, mesh: Mesh) -> Callable:
+  loss_fn = make_loss_fn(model, cfg, catalog)
+  base_key = jax.random.key(cfg.seed)
+  replicated = NamedSharding(mesh, P())
+
+  def step(state: State, batch: dict[str, Array]) -> tuple[State, Array]:
+    key = jax.random.fold_in(base_key, state["step"])
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+
+  return jax.jit(step, donate_argnums=(0,), out_shardings=(replicated, replicated))
+
+
+def make_rank_fn(model, catalog: np.ndarray, num_items: int) -> Callable:
+  candidate_V = np.zeros((num_items,), bool)
+  candidate_V[catalog] = True
+  candidate_V = jnp.asarray(candidate_V)
+
+  @jax.jit
+  def rank(params, batch):
+    user_BxNxD = model.apply({"params": params}, batch["ids"], batch["ts"], deterministic=True)
+    last_B = jnp.maximum(batch["length"] - 1, 0)
+    b = jnp.arange(user_BxNxD.shape[0])
+    user_BxD = user_BxNxD[b, last_B]
+    targets_B = batch["targets"][b, last_B]
+    table_VxD = model.apply({"params": params}, method=model.item_table)
+    return metrics.target_ranks(user_BxD, targets_B, batch["ids"], table_VxD, candidate_V)
+
+  return rank
+
+
+def to_device(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
+  sharding = NamedSharding(mesh, P("data"))
+  out = {}
+  for k, v in batch.items():
+    if v.dtype == np.int64:
+      if len(v) and (v.max() >= 2**31 or v.min() < -(2**31)):
+        raise ValueError(f"batch field {k!r} does not fit int32")
+      v = v.astype(np.int32)
+    out[k] = jax.device_put(v, sharding)
+  return out
+
+
+def evaluate(rank_fn, params, examples: Examples, batch_size: int, mesh: Mesh) -> dict[str, float]:
+  acc = metrics.RankingAccumulator()
+  for batch, n in pipeline.eval_batches(examples, batch_size):
+    ranks = np.asarray(rank_fn(params, to_device(batch, mesh)))
+    acc.add(ranks[:n])
+  return acc.result()
+
+
+def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+  tmp.rename(path)
+
+
+class RunLog:
+  """Per-epoch metrics to JSONL and TensorBoard."""
+
+  def __init__(self, workdir: pathlib.Path):
+    from tensorboardX import SummaryWriter  # optional heavy import kept local
+
+    self.jsonl = workdir / "metrics.jsonl"
+    self.tb = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, record: dict[str, Any]) -> None:
+    with self.jsonl.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    step = record["step"]
+    self.tb.add_scalar("train/loss", record["train_loss"], step)
+    for split in ("val", "test"):
+      for k, v in (record.get(split) or {}).items():
+        if k != "num_users":
+          self.tb.add_scalar(f"{split}/{k}", v, step)
+    self.tb.flush()
+
+  def history(self) -> list[dict[str, Any]]:
+    if not self.jsonl.exists():
+      return []
+    return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+
+  def truncate_after(self, epoch: int) -> None:
+    """Drops records of epochs > `epoch` (written after the checkpoint we resume from)."""
+    keep = [r for r in self.history() if r["epoch"] <= epoch]
+    self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool = False) -> dict:
+  """Trains with per-epoch validation, keeps the best checkpoint, evaluates test once."""
+  t_start = time.time()
+  workdir_p = pathlib.Path(workdir)
+  workdir_p.mkdir(parents=True, exist_ok=True)
+  split = task.split
+  selection = "val" if split.val is not None else "test"
+  mesh = make_mesh()
+  model = build_model(cfg, task.num_items)
+  tx = make_optimizer(cfg)
+  catalog = jnp.asarray(task.catalog, jnp.int32)
+  state = init_state(model, tx, cfg, jax.random.key(cfg.seed))
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  train_step = make_train_step(model, tx, cfg, catalog, mesh)
+  rank_fn = make_rank_fn(model, task.catalog, task.num_items)
+
+  bs = cfg.train.batch_size
+  spe = pipeline.steps_per_epoch(len(split.train), bs)
+  total_steps = spe * cfg.train.num_epochs
+  data_iter = pipeline.train_iterator(split.train, bs, cfg.seed, total_steps)
+  ckpt = Checkpoints(workdir_p)
+  log = RunLog(workdir_p)
+  meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}
+
+  if ckpt.latest_step("latest") is not None:
+    if not resume:
+      raise FileExistsError(
+          f"{workdir_p} already holds a run (checkpoints/latest). Pass --resume to continue it, "
+          "or choose another --workdir."
+      )
+    state, meta = ckpt.restore("latest", state, data_iter)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    log.truncate_after(meta["epoch"])
+    print(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
+  elif resume:
+    print(f"--resume: nothing to resume in {workdir_p}; starting a new run")
+  wall_before = meta["wall_time_s"]
+
+  stop = False
+  for epoch in range(meta["epoch"] + 1, cfg.train.num_epochs + 1):
+    t_epoch = time.time()
+    losses_dev = []
+    bar = tqdm.tqdm(range(spe), desc=f"epoch {epoch}/{cfg.train.num_epochs}", leave=False,
+                    dynamic_ncols=True, mininterval=2.0)
+    for i in bar:
+      state, loss = train_step(state, to_device(next(data_iter), mesh))
+      losses_dev.append(loss)
+      if i % 10 == 9:
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+    train_loss = float(np.mean(jax.device_get(losses_dev)))
+    if not math.isfinite(train_loss):
+      raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
+    record: dict[str, Any] = {"epoch": epoch, "step": int(state["step"]), "train_loss": train_loss}
+    examples = split.val if split.val is not None else split.test
+    record[selection] = evaluate(rank_fn, state["params"], examples, cfg.train.eval_batch_size, mesh)
+    record["epoch_time_s"] = time.time() - t_epoch
+    log.write(record)
+    score = record[selection][cfg.train.select_metric]
+    improved = score > meta["best_metric"] or selection == "test"
+    meta.update(epoch=epoch, wall_time_s=wall_before + time.time() - t_start)
+    if improved:
+      meta.update(best_epoch=epoch, best_metric=score)
+      ckpt.save("best", epoch, state, meta)
+    ckpt.save("latest", epoch, state, meta, data_iter)
+    print(
+        f"epoch {epoch:3d}  loss {train_loss:.4f}  {selection} ndcg@10 {score:.4f} "
+        f"hr@10 {record[selection]['hr@10']:.4f}  best {meta['best_metric']:.4f}@{meta['best_epoch']}"
+        f"  {record['epoch_time_s']:.1f}s",
+        flush=True,
+    )
+    if cfg.train.patience and epoch - meta["best_epoch"] >= cfg.train.patience:
+      print(f"early stop: no {selection} {cfg.train.select_metric} gain for {cfg.train.patience} epochs")
+      stop = True
+      break
+  del stop
+
+  # Test once, on the selected checkpoint.
+  best_state, best_meta = ckpt.restore("best", state)
+  val = evaluate(rank_fn, best_state["params"], split.val, cfg.train.eval_batch_size, mesh) if split.val is not None else None
+  test = evaluate(rank_fn, best_state["params"], split.test, cfg.train.eval_batch_size, mesh)
+  ckpt.close()
+  results = {
+      "experiment": cfg.experiment,
+      "dataset": cfg.data.dataset,
+      "protocol": split.protocol,
+      "best_epoch": best_meta["best_epoch"],
+      "epochs_run": meta["epoch"],
+      "wall_time_s": round(wall_before + time.time() - t_start, 1),
+      "val": val,
+      "test": test,
+      "selection": "best val " + cfg.train.select_metric if selection == "val" else "last epoch",
+      "config": cfg.to_dict(),
+  }
+  _write_json_atomic(workdir_p / "results.json", results)
+  return results
+
+
+def evaluate_checkpoint(cfg, task: Task, workdir: str, which: str = "best") -> dict:
+  """Reloads a checkpoint and reports validation and test metrics (eval-only mode)."""
+  mesh = make_mesh()
+  model = build_model(cfg, task.num_items)
+  tx = make_optimizer(cfg)
+  state = init_state(model, tx, cfg, jax.random.key(cfg.seed))
+  ckpt = Checkpoints(workdir)
+  state, meta = ckpt.restore(which, state)
+  ckpt.close()
+  rank_fn = make_rank_fn(model, task.catalog, task.num_items)
+  bs = cfg.train.eval_batch_size
+  out = {
+      "checkpoint": which,
+      "epoch": meta["epoch"],
+      "val": evaluate(rank_fn, state["params"], task.split.val, bs, mesh) if task.split.val is not None else None,
+      "test": evaluate(rank_fn, state["params"], task.split.test, bs, mesh),
+  }
+  _write_json_atomic(pathlib.Path(workdir) / "eval.json", out)
+  return out
