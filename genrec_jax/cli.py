@@ -1,14 +1,20 @@
 """Command line shared by all experiments.
 
-  python -m experiments.NAME --workdir DIR [--data_dir DIR] [--resume] [--eval_only]
+  python -m experiments.NAME --workdir DIR [--data_dir DIR] [--download] [--resume] [--eval_only]
                              [--config.train.num_epochs=3 ...]
 
 --data_dir defaults to $GENREC_DATA_DIR, else data/. Every config field can be overridden with
 --config.<path>=<value>.
+
+Speed: XLA:CPU allocates and frees hundreds of MB per train step; with glibc's malloc every step
+page-faults fresh memory (measured: 2x slower steps, most time in the kernel). If tcmalloc is
+installed (Debian: libtcmalloc-minimal4) the command re-executes itself once with it preloaded.
+Set GENREC_NO_TCMALLOC=1 to opt out.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
@@ -24,10 +30,31 @@ def default_data_dir() -> str:
   return os.environ.get("GENREC_DATA_DIR", "data")
 
 
+def tcmalloc_path() -> str | None:
+  libs = sorted(glob.glob("/usr/lib/*/libtcmalloc_minimal.so.4") + glob.glob("/usr/lib/libtcmalloc_minimal.so.4"))
+  return libs[0] if libs else None
+
+
+def maybe_reexec_with_tcmalloc() -> None:
+  """Re-runs this `python -m MODULE ...` command with tcmalloc preloaded (see module doc)."""
+  preload = os.environ.get("LD_PRELOAD", "")
+  lib = tcmalloc_path()
+  if os.environ.get("GENREC_NO_TCMALLOC") or "tcmalloc" in preload or lib is None:
+    return
+  main_mod = sys.modules.get("__main__")
+  spec = getattr(main_mod, "__spec__", None)
+  if spec is None or not spec.name:
+    return
+  env = dict(os.environ, LD_PRELOAD=f"{lib}:{preload}" if preload else lib)
+  os.execve(sys.executable, [sys.executable, "-m", spec.name, *sys.argv[1:]], env)
+
+
 def run(get_config: Callable[[], ml_collections.ConfigDict], main: Callable) -> None:
   """Defines the shared flags and runs `main(config, workdir, data_dir, resume, eval_only)`."""
+  maybe_reexec_with_tcmalloc()
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.json.", required=True)
   flags.DEFINE_string("data_dir", default_data_dir(), "Dataset root ($GENREC_DATA_DIR, else data/).")
+  flags.DEFINE_bool("download", False, "Fetch a missing dataset from its official URL (checksummed).")
   flags.DEFINE_bool("resume", False, "Continue the interrupted run in --workdir.")
   flags.DEFINE_bool("eval_only", False, "Reload the best checkpoint in --workdir and report metrics.")
   config_flags.DEFINE_config_dict("config", get_config())
@@ -36,6 +63,8 @@ def run(get_config: Callable[[], ml_collections.ConfigDict], main: Callable) -> 
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if f.download:
+      f.config.data.download = True
     main(f.config, f.workdir, f.data_dir, f.resume, f.eval_only)
 
   app.run(_main, argv=sys.argv)

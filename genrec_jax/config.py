@@ -20,6 +20,8 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.data.protocol = "loo"  # 'loo' (train/val/test) or 'paper' (train/test, no validation)
   c.data.max_seq_len = 200
   c.data.download = False
+  # Pack several users into one row of max_seq_len tokens (same loss, ~half the tokens on ML-1M).
+  c.data.pack = True
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "hstu"

@@ -1,9 +1,17 @@
-"""grain pipelines: shuffled fixed-shape training batches with a checkpointable iterator.
+"""grain pipelines: shuffled training batches with a checkpointable iterator; packing.
 
 Batch k of the whole run is a pure function of (seed, k): epoch e = k // steps_per_epoch uses the
 permutation drawn from (seed, e). Resuming at step k therefore continues exactly where an
-interrupted run stopped. Every batch has the same shape: the last batch of an epoch is padded
-with empty rows (length 0, no targets), which carry no loss weight.
+interrupted run stopped. The last batch of an epoch is padded with empty users (length 0, no
+targets), which carry no loss weight.
+
+Model batches (what the model reads), R rows of N tokens:
+  ids, targets        item at each token and the item that follows it (0 = none)
+  ts_key, ts_query    the token's timestamp, and the timestamp of the item that follows it
+  pos, seg            position within its sequence, and sequence id within the row (0 = padding)
+`padded_to_model` puts one user per row (the reference's dense layout); `pack` places several
+users' sequences in one row (first-fit decreasing), the dense counterpart of jagged tensors. The
+model masks attention to (causal & same segment), so both give the same outputs per user.
 """
 
 from __future__ import annotations
@@ -34,33 +42,96 @@ def padded_take(examples: Examples, rows: np.ndarray, batch_size: int) -> dict[s
   return batch
 
 
-def train_batch(examples: Examples, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
-  """The training batch number `step` (0-based, counted over the whole run)."""
+def padded_to_model(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """One user per row: padded example arrays -> model batch."""
+  ids = batch["ids"]
+  n = ids.shape[1]
+  valid = np.arange(n)[None, :] < batch["length"][:, None]
+  return {
+      "ids": ids,
+      "targets": batch["targets"],
+      "ts_key": np.where(valid, batch["ts"][:, :n], 0),
+      "ts_query": np.where(valid, batch["ts"][:, 1:], 0),
+      "pos": np.where(valid, np.arange(n, dtype=np.int32)[None, :], 0).astype(np.int32),
+      "seg": valid.astype(np.int32),
+      "length": batch["length"],
+  }
+
+
+def pack_rows(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+  """First-fit decreasing: groups sequence indices into rows of at most `capacity` tokens."""
+  rows: list[list[int]] = []
+  free: list[int] = []
+  for i in sorted(np.flatnonzero(lengths > 0), key=lambda i: (-lengths[i], i)):
+    for r, f in enumerate(free):
+      if f >= lengths[i]:
+        rows[r].append(int(i))
+        free[r] -= int(lengths[i])
+        break
+    else:
+      rows.append([int(i)])
+      free.append(capacity - int(lengths[i]))
+  return rows
+
+
+def pack(batch: dict[str, np.ndarray], row_multiple: int = 8) -> dict[str, np.ndarray]:
+  """Packs a padded batch into as few rows as fit (rounded up to `row_multiple`)."""
+  m = padded_to_model(batch)
+  n = m["ids"].shape[1]
+  lengths = batch["length"]
+  rows = pack_rows(lengths, n)
+  num_rows = max(row_multiple, -(-len(rows) // row_multiple) * row_multiple)
+  out = {k: np.zeros((num_rows, n), m[k].dtype) for k in ("ids", "targets", "ts_key", "ts_query", "pos", "seg")}
+  for r, members in enumerate(rows):
+    start = 0
+    for s, i in enumerate(members, start=1):
+      ln = int(lengths[i])
+      for k in ("ids", "targets", "ts_key", "ts_query", "pos"):
+        out[k][r, start : start + ln] = m[k][i, :ln]
+      out["seg"][r, start : start + ln] = s
+      start += ln
+  return out
+
+
+def train_batch(
+    examples: Examples, batch_size: int, seed: int, packed: bool, step: int
+) -> dict[str, np.ndarray]:
+  """The model batch of training step `step` (0-based, counted over the whole run)."""
   spe = steps_per_epoch(len(examples), batch_size)
   epoch, k = divmod(step, spe)
   perm = _permutation(seed, epoch, len(examples))
-  return padded_take(examples, perm[k * batch_size : (k + 1) * batch_size], batch_size)
+  batch = padded_take(examples, perm[k * batch_size : (k + 1) * batch_size], batch_size)
+  if packed:
+    return pack(batch)
+  m = padded_to_model(batch)
+  del m["length"]
+  return m
 
 
 def train_dataset(
-    examples: Examples, batch_size: int, seed: int, num_steps: int
+    examples: Examples, batch_size: int, seed: int, num_steps: int, packed: bool = False
 ) -> grain.MapDataset:
   """A grain MapDataset whose element k is training batch k."""
-  fn = functools.partial(train_batch, examples, batch_size, seed)
+  fn = functools.partial(train_batch, examples, batch_size, seed, packed)
   return grain.MapDataset.range(num_steps).map(fn)
 
 
 def train_iterator(
-    examples: Examples, batch_size: int, seed: int, num_steps: int, prefetch: int = 2
+    examples: Examples,
+    batch_size: int,
+    seed: int,
+    num_steps: int,
+    packed: bool = False,
+    prefetch: int = 4,
 ) -> grain.DatasetIterator:
   """A checkpointable iterator (get_state / set_state) over all training batches."""
-  ds = train_dataset(examples, batch_size, seed, num_steps)
+  ds = train_dataset(examples, batch_size, seed, num_steps, packed)
   opts = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(read_options=opts))
 
 
 def eval_batches(examples: Examples, batch_size: int):
-  """Yields (batch, num_valid) over all examples in order, padded to fixed shape."""
+  """Yields (model batch, num_valid) over all examples in order, one user per row."""
   for start in range(0, len(examples), batch_size):
     rows = np.arange(start, min(start + batch_size, len(examples)))
-    yield padded_take(examples, rows, batch_size), len(rows)
+    yield padded_to_model(padded_take(examples, rows, batch_size)), len(rows)

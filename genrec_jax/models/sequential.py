@@ -1,7 +1,7 @@
 """Sequential recommenders: item embeddings -> encoder (HSTU or SASRec) -> L2-normalised user states.
 
 Input pre-processing as the reference's LearnablePositionalEmbeddingInputFeaturesPreprocessor:
-  x = Dropout(E[ids] · √D + P[0..N)) ⊙ valid_mask
+  x = Dropout(E[ids] · √D + P[pos]) ⊙ valid_mask
 Output post-processing: u = y / max(‖y‖₂, 1e-6). Items are scored by cosine similarity, so the
 item table is L2-normalised the same way (`item_table`).
 """
@@ -53,16 +53,17 @@ class SequentialRecommender(nn.Module):
     self.pos_emb = self.param("pos_emb", pos_init, (self.max_len, d))
     self.dropout = nn.Dropout(self.input_dropout)
 
-  def __call__(self, ids_BxN: Array, ts_BxN1: Array | None, deterministic: bool = True) -> Array:
-    """User states at every position, [B, N, D], unit norm (zero rows at padding)."""
-    n = ids_BxN.shape[1]
-    mask_BxN = ids_BxN != 0
-    x_BxNxD = self.item_emb[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[None, :n]
+  def __call__(self, batch: dict[str, Array], deterministic: bool = True) -> Array:
+    """User states at every token of a model batch (see data/pipeline.py), [B, N, D], unit norm,
+    zero at padding."""
+    ids_BxN, seg_BxN = batch["ids"], batch["seg"]
+    mask_BxN = seg_BxN != 0
+    x_BxNxD = self.item_emb[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[batch["pos"]]
     x_BxNxD = self.dropout(x_BxNxD, deterministic=deterministic) * mask_BxN[..., None]
     if isinstance(self.encoder, HSTUEncoder):
-      y_BxNxD = self.encoder(x_BxNxD, ts_BxN1, deterministic)
+      y_BxNxD = self.encoder(x_BxNxD, seg_BxN, batch["ts_query"], batch["ts_key"], deterministic)
     else:
-      y_BxNxD = self.encoder(x_BxNxD, mask_BxN, deterministic)
+      y_BxNxD = self.encoder(x_BxNxD, seg_BxN, deterministic)
     return l2_normalize(y_BxNxD) * mask_BxN[..., None]
 
   def item_table(self) -> Array:

@@ -10,8 +10,9 @@ Matches the public-dataset research path of Meta's generative-recommenders
 LayerNorms have no affine parameters (eps 1e-6). rab is one bias shared by all heads: a learned
 Toeplitz position bias plus a learned bias over log-bucketed time gaps.
 
-Dense right-padded layout: a valid query i < length only attends to keys j <= i, which are all
-valid, so valid outputs equal the reference's jagged computation exactly.
+Dense layout with segments: a row holds one or more users' sequences (segment ids, 0 = padding);
+a query attends to keys j <= i of its own segment, so each user's outputs equal the reference's
+jagged computation exactly, whether the row is padded or packed.
 """
 
 from __future__ import annotations
@@ -32,14 +33,23 @@ def layer_norm(x: Array, eps: float) -> Array:
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-def time_buckets(ts_BxN1: Array, num_buckets: int = 128, bucket_size: float = 0.301) -> Array:
-  """bucket[b, i, j] = clamp(floor(ln(max(|ts[i+1] - ts[j]|, 1)) / 0.301), 0, num_buckets).
+def attention_mask(seg_BxN: Array) -> Array:
+  """mask[b, i, j] = j <= i and seg[b, i] == seg[b, j] (causal within each sequence)."""
+  n = seg_BxN.shape[1]
+  causal_NxN = jnp.tril(jnp.ones((n, n), dtype=bool))
+  return causal_NxN[None] & (seg_BxN[:, :, None] == seg_BxN[:, None, :])
 
-  ts[i + 1] is the timestamp of the item that follows query position i (the target's timestamp
-  for the last history position). Natural log divided by 0.301, as in the reference.
+
+def time_buckets(
+    ts_query_BxN: Array, ts_key_BxN: Array, num_buckets: int = 128, bucket_size: float = 0.301
+) -> Array:
+  """bucket[b, i, j] = clamp(floor(ln(max(|tq[i] - tk[j]|, 1)) / 0.301), 0, num_buckets).
+
+  tq[i] is the timestamp of the item that follows query position i (the target's timestamp for
+  the last history position), tk[j] the key's own timestamp. Natural log divided by 0.301, as in
+  the reference.
   """
-  ts_BxN1 = ts_BxN1.astype(jnp.int32)
-  dt_BxNxN = ts_BxN1[:, 1:, None] - ts_BxN1[:, None, :-1]
+  dt_BxNxN = ts_query_BxN.astype(jnp.int32)[:, :, None] - ts_key_BxN.astype(jnp.int32)[:, None, :]
   dt = jnp.maximum(jnp.abs(dt_BxNxN), 1).astype(jnp.float32)
   b = jnp.floor(jnp.log(dt) / bucket_size).astype(jnp.int32)
   return jnp.clip(b, 0, num_buckets)
@@ -83,7 +93,9 @@ class HSTULayer(nn.Module):
   eps: float = 1e-6
 
   @nn.compact
-  def __call__(self, x_BxNxD: Array, buckets_BxNxN: Array | None, deterministic: bool) -> Array:
+  def __call__(
+      self, x_BxNxD: Array, buckets_BxNxN: Array | None, mask_BxNxN: Array, deterministic: bool
+  ) -> Array:
     b, n, d = x_BxNxD.shape
     h, dqk, dv = self.num_heads, self.dqk, self.dv
     # U, V, Q, K = Split(φ1(f1(X))), f1 bias-free, φ1 = SiLU on the whole projection.
@@ -96,13 +108,14 @@ class HSTULayer(nn.Module):
     k_BxNxHxQ = k_BxNxHQ.reshape(b, n, h, dqk)
     v_BxNxHxV = v_BxNxHV.reshape(b, n, h, dv)
 
-    # A = φ2(QKᵀ + rab^{p,t}) / n, causal; φ2 = SiLU.
+    # A = φ2(QKᵀ + rab^{p,t}) / n, causal within the sequence; φ2 = SiLU.
     rab = RelativeBucketedTimeAndPositionBias(
         max_len=n, num_buckets=self.num_buckets, use_time=self.use_time_bias, name="rab"
     )(buckets_BxNxN)
     qk_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q_BxNxHxQ, k_BxNxHxQ) + rab[:, None]
-    causal_NxN = jnp.tril(jnp.ones((n, n), dtype=bool))
-    attn_BxHxNxN = jnp.where(causal_NxN, jax.nn.silu(qk_BxHxNxN) / self.attn_norm_len, 0.0)
+    attn_BxHxNxN = jnp.where(
+        mask_BxNxN[:, None], jax.nn.silu(qk_BxHxNxN) / self.attn_norm_len, 0.0
+    )
     av_BxNxHV = jnp.einsum("bhnm,bmhd->bnhd", attn_BxHxNxN, v_BxNxHxV).reshape(b, n, h * dv)
 
     # Y = f2(Dropout(U ⊙ Norm(AV))) + X.
@@ -130,10 +143,18 @@ class HSTUEncoder(nn.Module):
   use_time_bias: bool = True
 
   @nn.compact
-  def __call__(self, x_BxNxD: Array, ts_BxN1: Array | None, deterministic: bool) -> Array:
+  def __call__(
+      self,
+      x_BxNxD: Array,
+      seg_BxN: Array,
+      ts_query_BxN: Array | None,
+      ts_key_BxN: Array | None,
+      deterministic: bool,
+  ) -> Array:
+    mask_BxNxN = attention_mask(seg_BxN)
     buckets = None
-    if self.use_time_bias and ts_BxN1 is not None:
-      buckets = time_buckets(ts_BxN1, self.num_buckets)
+    if self.use_time_bias and ts_query_BxN is not None:
+      buckets = time_buckets(ts_query_BxN, ts_key_BxN, self.num_buckets)
     for i in range(self.num_blocks):
       x_BxNxD = HSTULayer(
           num_heads=self.num_heads,
@@ -144,5 +165,5 @@ class HSTUEncoder(nn.Module):
           num_buckets=self.num_buckets,
           use_time_bias=self.use_time_bias,
           name=f"layer_{i}",
-      )(x_BxNxD, buckets, deterministic)
+      )(x_BxNxD, buckets, mask_BxNxN, deterministic)
     return x_BxNxD

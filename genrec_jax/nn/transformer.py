@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genrec_jax.nn.hstu import layer_norm
+from genrec_jax.nn.hstu import attention_mask, layer_norm
 
 Array = jax.Array
 
@@ -35,7 +35,9 @@ class CausalSelfAttention(nn.Module):
   dropout_rate: float
 
   @nn.compact
-  def __call__(self, q_BxNxD: Array, kv_BxNxD: Array, deterministic: bool) -> Array:
+  def __call__(
+      self, q_BxNxD: Array, kv_BxNxD: Array, mask_BxNxN: Array, deterministic: bool
+  ) -> Array:
     b, n, d = q_BxNxD.shape
     h = self.num_heads
     dh = d // h
@@ -47,8 +49,7 @@ class CausalSelfAttention(nn.Module):
     k = (kv_BxNxD @ w_in[:, d : 2 * d] + b_in[d : 2 * d]).reshape(b, n, h, dh)
     v = (kv_BxNxD @ w_in[:, 2 * d :] + b_in[2 * d :]).reshape(b, n, h, dh)
     logits_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(dh)
-    causal_NxN = jnp.tril(jnp.ones((n, n), dtype=bool))
-    logits_BxHxNxN = jnp.where(causal_NxN, logits_BxHxNxN, -jnp.inf)
+    logits_BxHxNxN = jnp.where(mask_BxNxN[:, None], logits_BxHxNxN, -jnp.inf)
     w_BxHxNxN = jax.nn.softmax(logits_BxHxNxN, axis=-1)
     w_BxHxNxN = nn.Dropout(self.dropout_rate)(w_BxHxNxN, deterministic=deterministic)
     out = jnp.einsum("bhnm,bmhd->bnhd", w_BxHxNxN, v).reshape(b, n, d)
@@ -78,11 +79,13 @@ class SASRecEncoder(nn.Module):
   eps: float = 1e-8
 
   @nn.compact
-  def __call__(self, x_BxNxD: Array, mask_BxN: Array, deterministic: bool) -> Array:
+  def __call__(self, x_BxNxD: Array, seg_BxN: Array, deterministic: bool) -> Array:
+    mask_BxNxN = attention_mask(seg_BxN)  # causal within a sequence; padding attends to padding
+    mask_BxN = seg_BxN != 0
     for i in range(self.num_blocks):
       q = layer_norm(x_BxNxD, self.eps)
       m = CausalSelfAttention(self.num_heads, self.dropout_rate, name=f"attn_{i}")(
-          q, x_BxNxD, deterministic
+          q, x_BxNxD, mask_BxNxN, deterministic
       )
       y = PointwiseFFN(self.ffn_hidden_dim, self.dropout_rate, name=f"ffn_{i}")(
           layer_norm(q + m, self.eps), deterministic

@@ -56,9 +56,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 def init_state(model: SequentialRecommender, tx, cfg, key: Array) -> State:
   n = cfg.data.max_seq_len
-  ids = jnp.zeros((1, n), jnp.int32)
-  ts = jnp.zeros((1, n + 1), jnp.int32)
-  params = model.init({"params": key}, ids, ts)["params"]
+  dummy = {k: jnp.zeros((1, n), jnp.int32) for k in ("ids", "targets", "ts_key", "ts_query", "pos", "seg")}
+  params = model.init({"params": key}, dummy)["params"]
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
@@ -68,7 +67,7 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
   def loss_fn(params, batch, key):
     k_drop, k_neg = jax.random.split(key)
     user_BxNxD = model.apply(
-        {"params": params}, batch["ids"], batch["ts"], deterministic=False, rngs={"dropout": k_drop}
+        {"params": params}, batch, deterministic=False, rngs={"dropout": k_drop}
     )
     table_VxD = model.apply({"params": params}, method=model.item_table)
     targets_BxN = batch["targets"]
@@ -106,7 +105,7 @@ def make_rank_fn(model, catalog: np.ndarray, num_items: int) -> Callable:
 
   @jax.jit
   def rank(params, batch):
-    user_BxNxD = model.apply({"params": params}, batch["ids"], batch["ts"], deterministic=True)
+    user_BxNxD = model.apply({"params": params}, batch, deterministic=True)
     last_B = jnp.maximum(batch["length"] - 1, 0)
     b = jnp.arange(user_BxNxD.shape[0])
     user_BxD = user_BxNxD[b, last_B]
@@ -193,7 +192,7 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
   bs = cfg.train.batch_size
   spe = pipeline.steps_per_epoch(len(split.train), bs)
   total_steps = spe * cfg.train.num_epochs
-  data_iter = pipeline.train_iterator(split.train, bs, cfg.seed, total_steps)
+  data_iter = pipeline.train_iterator(split.train, bs, cfg.seed, total_steps, packed=cfg.data.pack)
   ckpt = Checkpoints(workdir_p)
   log = RunLog(workdir_p)
   meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}

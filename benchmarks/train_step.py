@@ -1,0 +1,112 @@
+"""Train-step speed of an experiment's config on real data, with a roofline.
+
+  python -m benchmarks.train_step --experiment hstu_movielens [--steps 30] [--config.x=y ...]
+
+Times `--steps` jitted train steps on real training batches (after warm-up and compilation),
+counts the step's FLOPs with XLA's cost analysis, measures this machine's fp32 matmul peak in
+JAX, and prints as its last line one JSON object with step_ms_median, step_ms_min, steps_timed,
+flops_per_step, matmul_peak_gflops, roofline_fraction (= flops / peak / median time).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """Best-of-`repeats` fp32 GFLOP/s of an n×n×n matmul in JAX."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = min(_time(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  return 2 * n**3 / best / 1e9
+
+
+def _time(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def main(argv) -> None:
+  del argv
+  from genrec_jax.data import pipeline
+  from genrec_jax.data.registry import load_task
+  from genrec_jax.models.sequential import build_model
+  from genrec_jax.train import trainer
+
+  cfg = flags.FLAGS.config
+  task = load_task(cfg, flags.FLAGS.data_dir)
+  mesh = trainer.make_mesh()
+  model = build_model(cfg, task.num_items)
+  tx = trainer.make_optimizer(cfg)
+  catalog = jnp.asarray(task.catalog, jnp.int32)
+  state = trainer.init_state(model, tx, cfg, jax.random.key(cfg.seed))
+  step_fn = trainer.make_train_step(model, tx, cfg, catalog, mesh)
+  n_warm, n_time = 3, flags.FLAGS.steps
+  batches = [
+      trainer.to_device(
+          pipeline.train_batch(task.split.train, cfg.train.batch_size, cfg.seed, cfg.data.pack, k), mesh
+      )
+      for k in range(n_warm + n_time)
+  ]
+  flops_by_shape: dict[tuple, float] = {}
+  for b in batches:
+    shape = b["ids"].shape
+    if shape not in flops_by_shape:
+      compiled = step_fn.lower(state, b).compile()
+      flops_by_shape[shape] = float(compiled.cost_analysis().get("flops", float("nan")))
+  for b in batches[:n_warm]:
+    state, loss = step_fn(state, b)
+  jax.block_until_ready(state)
+  times = []
+  for b in batches[n_warm:]:
+    t = time.perf_counter()
+    state, loss = step_fn(state, b)
+    jax.block_until_ready((state, loss))
+    times.append(time.perf_counter() - t)
+  flops = float(np.mean([flops_by_shape[b["ids"].shape] for b in batches[n_warm:]]))
+  peak = matmul_peak_gflops()
+  med = float(np.median(times))
+  out = {
+      "experiment": flags.FLAGS.experiment,
+      "step_ms_median": round(1000 * med, 2),
+      "step_ms_min": round(1000 * min(times), 2),
+      "steps_timed": len(times),
+      "flops_per_step": flops,
+      "matmul_peak_gflops": round(peak, 1),
+      "roofline_fraction": round(flops / (peak * 1e9) / med, 4),
+      "rows_per_batch": sorted({int(b["ids"].shape[0]) for b in batches}),
+      "pack": bool(cfg.data.pack),
+      "loss_impl": cfg.loss.impl,
+      "devices": jax.device_count(),
+      "cpu": platform.processor() or platform.machine(),
+      "threads": os.cpu_count(),
+      "allocator": os.environ.get("LD_PRELOAD", "") or "glibc",
+  }
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  # The experiment's config is the default; every field can be overridden (--config.x=y).
+  exp = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--experiment=")), None)
+  if exp is None and "--experiment" in sys.argv:
+    exp = sys.argv[sys.argv.index("--experiment") + 1]
+  if exp is None:
+    sys.exit("usage: python -m benchmarks.train_step --experiment NAME [--steps N] [--config.x=y]")
+  flags.DEFINE_string("experiment", None, "Experiment module under experiments/.")
+  flags.DEFINE_integer("steps", 30, "Timed steps.")
+  flags.DEFINE_string("data_dir", os.environ.get("GENREC_DATA_DIR", "data"), "Dataset root.")
+  config_flags.DEFINE_config_dict("config", importlib.import_module(f"experiments.{exp}").get_config())
+  app.run(main)
