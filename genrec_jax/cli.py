@@ -25,6 +25,11 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from genrec_jax.data.errors import DataFormatError, DatasetNotFoundError, DownloadError
+from genrec_jax.train.checkpoint import CorruptCheckpointError
+
+USER_ERRORS = (DataFormatError, DatasetNotFoundError, DownloadError, CorruptCheckpointError, FileExistsError)
+
 
 def default_data_dir() -> str:
   return os.environ.get("GENREC_DATA_DIR", "data")
@@ -65,7 +70,11 @@ def run(get_config: Callable[[], ml_collections.ConfigDict], main: Callable) -> 
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if f.download:
       f.config.data.download = True
-    main(f.config, f.workdir, f.data_dir, f.resume, f.eval_only)
+    try:
+      main(f.config, f.workdir, f.data_dir, f.resume, f.eval_only)
+    except USER_ERRORS as e:  # bad input: one clear line, no traceback, nothing written
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
 
   app.run(_main, argv=sys.argv)
 
