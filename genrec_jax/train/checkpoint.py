@@ -1,10 +1,12 @@
 """Orbax checkpoints of (train state, grain iterator, run bookkeeping), with integrity manifests.
 
-Two managers under WORKDIR/checkpoints: `latest` (every epoch, for --resume) and `best` (the
-epoch with the best validation metric, for evaluation and export). Saves are synchronous and
-atomic (Orbax writes to a temporary directory and renames it). After each save we record the
-SHA-256 of every file of the step in `genrec_manifest.json`; restore verifies it first, so a
-truncated or bit-flipped checkpoint is reported as corrupt instead of silently loaded.
+Two managers under WORKDIR/checkpoints: `latest` (every epoch, for --resume; the last two are
+kept) and `best` (the epoch with the best validation metric, for evaluation and export). Saves
+are synchronous and atomic (Orbax writes to a temporary directory and renames it). After each
+save we record the SHA-256 of every file of the step in `genrec_manifest.json`; restore verifies
+it first, so a truncated or bit-flipped checkpoint is reported as corrupt instead of silently
+loaded. Resuming falls back to the previous `latest` step if the newest fails verification (a
+kill between the save and its manifest); `best` never falls back.
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ class Checkpoints:
 
   def __init__(self, workdir: str | pathlib.Path):
     root = pathlib.Path(workdir).absolute() / "checkpoints"
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+    def opts(keep):
+      return ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+
     self.root = root
-    self.latest = ocp.CheckpointManager(root / "latest", options=opts)
-    self.best = ocp.CheckpointManager(root / "best", options=opts)
+    self.latest = ocp.CheckpointManager(root / "latest", options=opts(2))
+    self.best = ocp.CheckpointManager(root / "best", options=opts(1))
 
   def save(
       self,
@@ -72,6 +76,8 @@ class Checkpoints:
       data_iter: grain.DatasetIterator | None = None,
   ) -> None:
     mngr = getattr(self, which)
+    if step in mngr.all_steps():  # a resumed run redoing an epoch whose save was interrupted
+      mngr.delete(step)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -85,12 +91,19 @@ class Checkpoints:
   def restore(
       self, which: str, target_state: Any, data_iter: grain.DatasetIterator | None = None
   ) -> tuple[Any, dict[str, Any]]:
-    """Restores the newest step of `which` into the structure of `target_state`."""
+    """Restores the newest verified step of `which` into the structure of `target_state`."""
     mngr = getattr(self, which)
-    step = mngr.latest_step()
-    if step is None:
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f"no checkpoint under {self.root / which}")
-    verify(root_step_dir(mngr, step))
+    for i, step in enumerate(steps):
+      try:
+        verify(root_step_dir(mngr, step))
+        break
+      except CorruptCheckpointError as e:
+        if which != "latest" or i == len(steps) - 1:
+          raise
+        print(f"warning: {e}\nfalling back to {which} step {steps[i + 1]}")
     items = {"state": ocp.args.StandardRestore(target_state), "meta": ocp.args.JsonRestore()}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)

@@ -57,7 +57,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 def init_state(model: SequentialRecommender, tx, cfg, key: Array) -> State:
   n = cfg.data.max_seq_len
   dummy = {k: jnp.zeros((1, n), jnp.int32) for k in ("ids", "targets", "ts_key", "ts_query", "pos", "seg")}
-  params = model.init({"params": key}, dummy)["params"]
+  params = jax.jit(model.init)({"params": key}, dummy)["params"]
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
@@ -194,24 +194,22 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
   total_steps = spe * cfg.train.num_epochs
   data_iter = pipeline.train_iterator(split.train, bs, cfg.seed, total_steps, packed=cfg.data.pack)
   ckpt = Checkpoints(workdir_p)
-  log = RunLog(workdir_p)
   meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}
-
+  has_run = ckpt.latest_step("latest") is not None or (workdir_p / "metrics.jsonl").exists()
+  if has_run and not resume:
+    raise FileExistsError(
+        f"{workdir_p} already holds a run. Pass --resume to continue it, or choose another --workdir."
+    )
+  log = RunLog(workdir_p)
   if ckpt.latest_step("latest") is not None:
-    if not resume:
-      raise FileExistsError(
-          f"{workdir_p} already holds a run (checkpoints/latest). Pass --resume to continue it, "
-          "or choose another --workdir."
-      )
     state, meta = ckpt.restore("latest", state, data_iter)
     state = jax.device_put(state, NamedSharding(mesh, P()))
-    log.truncate_after(meta["epoch"])
     print(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
   elif resume:
-    print(f"--resume: nothing to resume in {workdir_p}; starting a new run")
+    print(f"--resume: no checkpoint in {workdir_p}; starting from epoch 1")
+  log.truncate_after(meta["epoch"])  # drop records written after the checkpoint we start from
   wall_before = meta["wall_time_s"]
 
-  stop = False
   for epoch in range(meta["epoch"] + 1, cfg.train.num_epochs + 1):
     t_epoch = time.time()
     losses_dev = []
@@ -245,9 +243,7 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
     )
     if cfg.train.patience and epoch - meta["best_epoch"] >= cfg.train.patience:
       print(f"early stop: no {selection} {cfg.train.select_metric} gain for {cfg.train.patience} epochs")
-      stop = True
       break
-  del stop
 
   # Test once, on the selected checkpoint.
   best_state, best_meta = ckpt.restore("best", state)
