@@ -99,6 +99,9 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  from genrec_jax.cli import maybe_reexec_with_tcmalloc
+
+  maybe_reexec_with_tcmalloc()  # same allocator as the experiments
   # The experiment's config is the default; every field can be overridden (--config.x=y).
   exp = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--experiment=")), None)
   if exp is None and "--experiment" in sys.argv:

@@ -85,7 +85,7 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
 
 def make_train_step(model, tx, cfg, catalog: Array, mesh: Mesh) -> Callable:
   loss_fn = make_loss_fn(model, cfg, catalog)
-  base_key = jax.random.key(cfg.seed)
+  base_key = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
   replicated = NamedSharding(mesh, P())
 
   def step(state: State, batch: dict[str, Array]) -> tuple[State, Array]:
