@@ -17,11 +17,11 @@ jagged computation exactly, whether the row is padded or packed.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from genrec_jax.nn.init import torch_linear_bias
 
 Array = jax.Array
 
@@ -75,11 +75,6 @@ class RelativeBucketedTimeAndPositionBias(nn.Module):
     return bias_1xNxN + ts_w[buckets_BxNxN]
 
 
-def _torch_linear_bias_init(fan_in: int):
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
 class HSTULayer(nn.Module):
   """One HSTU block (pointwise aggregated attention + gating, residual)."""
 
@@ -124,7 +119,7 @@ class HSTULayer(nn.Module):
     y_BxNxD = nn.Dense(
         d,
         kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=_torch_linear_bias_init(h * dv),
+        bias_init=torch_linear_bias(h * dv),
         name="o",
     )(o_BxNxHV)
     return y_BxNxD + x_BxNxD

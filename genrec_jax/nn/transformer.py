@@ -19,13 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from genrec_jax.nn.hstu import attention_mask, layer_norm
+from genrec_jax.nn.init import torch_linear_bias
 
 Array = jax.Array
-
-
-def _uniform_bias(fan_in: int):
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 class CausalSelfAttention(nn.Module):
@@ -65,9 +61,9 @@ class PointwiseFFN(nn.Module):
     d = x_BxNxD.shape[-1]
     xavier = nn.initializers.xavier_normal()
     drop = nn.Dropout(self.dropout_rate)
-    y = nn.Dense(self.hidden_dim, kernel_init=xavier, bias_init=_uniform_bias(d), name="w1")(x_BxNxD)
+    y = nn.Dense(self.hidden_dim, kernel_init=xavier, bias_init=torch_linear_bias(d), name="w1")(x_BxNxD)
     y = drop(jax.nn.relu(y), deterministic=deterministic)
-    y = nn.Dense(d, kernel_init=xavier, bias_init=_uniform_bias(self.hidden_dim), name="w2")(y)
+    y = nn.Dense(d, kernel_init=xavier, bias_init=torch_linear_bias(self.hidden_dim), name="w2")(y)
     return drop(y, deterministic=deterministic) + x_BxNxD
 
 
