@@ -15,9 +15,7 @@ Set GENREC_NO_TCMALLOC=1 to opt out.
 from __future__ import annotations
 
 import glob
-import json
 import os
-import pathlib
 import sys
 from typing import Callable
 
@@ -78,10 +76,3 @@ def run(get_config: Callable[[], ml_collections.ConfigDict], main: Callable) -> 
 
   app.run(_main, argv=sys.argv)
 
-
-def print_json(obj) -> None:
-  print(json.dumps(obj, indent=2))
-
-
-def workdir_path(workdir: str) -> pathlib.Path:
-  return pathlib.Path(workdir).absolute()
