@@ -7,8 +7,10 @@ loss = mean over supervised positions of -log softmax([pos, negs])[0].
 
 Two exact implementations of the same loss:
   'gather': gathers the K negative embeddings per position (B·N·K·D floats), like the reference.
-  'dense':  scores every catalog item once with one matmul, then gathers the K sampled logits.
-            On CPU this is several times faster for catalogs of a few thousand items.
+            Its table gradient is one scatter-add of B·N·K rows; `gathered_dot` pads those rows
+            to a multiple of 16 floats, which XLA:CPU scatters ~1.7x faster than 50-float rows.
+  'dense':  scores every catalog item once with one matmul, then gathers the K sampled logits
+            (B·N·C·D FLOPs: only worth it when the catalog is not much larger than K).
 """
 
 from __future__ import annotations
@@ -23,6 +25,37 @@ MASKED_LOGIT = -5e4
 
 def _weighted_mean(loss_BxN: Array, weights_BxN: Array) -> Array:
   return jnp.sum(loss_BxN * weights_BxN) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
+
+
+def _round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+@jax.custom_vjp
+def gathered_dot(user_TxD: Array, table_VxD: Array, ids_TxK: Array) -> Array:
+  """logits[..., k] = <user[...], table[ids[..., k]]>  (leading dims shared by user and ids)."""
+  return jnp.einsum("...d,...kd->...k", user_TxD, table_VxD[ids_TxK])
+
+
+def _gathered_dot_fwd(user_TxD, table_VxD, ids_TxK):
+  rows_TxKxD = table_VxD[ids_TxK]
+  return jnp.einsum("...d,...kd->...k", user_TxD, rows_TxKxD), (user_TxD, table_VxD, ids_TxK, rows_TxKxD)
+
+
+def _gathered_dot_bwd(res, g_TxK):
+  user_TxD, table_VxD, ids_TxK, rows_TxKxD = res
+  # d user[t] = Σ_k g[t, k] · table[ids[t, k]]
+  d_user = jnp.einsum("...k,...kd->...d", g_TxK, rows_TxKxD)
+  # d table[v] = Σ_{(t, k): ids[t, k] = v} g[t, k] · user[t], scattered in rows padded to 16k floats.
+  d = user_TxD.shape[-1]
+  p = _round_up(d, 16)
+  user_TxP = jnp.pad(user_TxD, [(0, 0)] * (user_TxD.ndim - 1) + [(0, p - d)])
+  updates_MxP = (g_TxK[..., None] * user_TxP[..., None, :]).reshape(-1, p)
+  d_table = jnp.zeros((table_VxD.shape[0], p), table_VxD.dtype).at[ids_TxK.reshape(-1)].add(updates_MxP)
+  return d_user, d_table[:, :d], None
+
+
+gathered_dot.defvjp(_gathered_dot_fwd, _gathered_dot_bwd)
 
 
 def sample_negatives(key: Array, shape: tuple[int, ...], num_negatives: int, catalog_size: int) -> Array:
@@ -47,7 +80,7 @@ def sampled_softmax_loss(
     logits_BxNxC = jnp.einsum("bnd,cd->bnc", user_BxNxD, table_VxD[catalog_C]) / temperature
     neg_BxNxK = jnp.take_along_axis(logits_BxNxC, neg_offsets_BxNxK, axis=-1)
   elif impl == "gather":
-    neg_BxNxK = jnp.einsum("bnd,bnkd->bnk", user_BxNxD, table_VxD[neg_ids_BxNxK]) / temperature
+    neg_BxNxK = gathered_dot(user_BxNxD, table_VxD, neg_ids_BxNxK) / temperature
   else:
     raise ValueError(f"unknown sampled-softmax impl {impl!r}")
   neg_BxNxK = jnp.where(neg_ids_BxNxK == targets_BxN[..., None], MASKED_LOGIT, neg_BxNxK)

@@ -236,15 +236,52 @@ def test_train_iterator_yields_train_batches_and_resumes_from_state():
       np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_eval_batches_in_order_padded():
-  ex = _synthetic_examples(10, 6, seed=8)
-  seen = []
-  for batch, n in pipeline.eval_batches(ex, 4):
-    assert batch["ids"].shape == (4, 6)
-    seen += _users_in({k: v[:n] for k, v in batch.items()})
-    assert not batch["seg"][n:].any()
-    np.testing.assert_array_equal(batch["length"][:n], ex.length_U[len(seen) - n : len(seen)])
-  assert seen == list(range(10))
+@pytest.mark.parametrize("packed", [False, True])
+def test_eval_batches_cover_users_in_order_with_their_last_token(packed):
+  ex = _synthetic_examples(21, 6, seed=8)
+  batches = pipeline.eval_batches(ex, 8, packed=packed, row_multiple=2)
+  assert [n for _, n in batches] == [8, 8, 5]
+  shapes = {b["ids"].shape for b, _ in batches}
+  assert len(shapes) == 1  # one compiled shape for all batches
+  seen = 0
+  for batch, n in batches:
+    assert batch["target"].shape == (8,) and batch["history"].shape == (8, 6)
+    for j in range(n):
+      u = seen + j
+      ln = ex.length_U[u]
+      r, last = batch["user_row"][j], batch["user_last"][j]
+      # the user's last history token sits at (row, last): marker at its start, same ids
+      np.testing.assert_array_equal(batch["ids"][r, last - ln + 1 : last + 1], ex.ids_UxN[u, :ln])
+      assert batch["seg"][r, last] > 0
+      assert batch["target"][j] == ex.targets_UxN[u, ln - 1]
+      np.testing.assert_array_equal(batch["history"][j], ex.ids_UxN[u])
+    assert not batch["target"][n:].any()
+    seen += n
+  assert seen == 21
+  if packed:
+    assert shapes.pop()[0] < 8  # users really share rows
+
+
+@pytest.mark.parametrize("model_name", ["hstu", "sasrec"])
+def test_packed_and_padded_evaluation_give_identical_ranks_ml100k(ml100k_task, ml100k_config, model_name):
+  from genrec_jax.train import trainer
+
+  cfg = ml100k_config(**{"model.name": model_name})
+  model = build_model(cfg, ml100k_task.num_items)
+  rank = trainer.make_rank_fn(model, ml100k_task.catalog, ml100k_task.num_items)
+  dummy = {k: jnp.zeros((1, cfg.data.max_seq_len), jnp.int32) for k in MODEL_KEYS}
+  params = model.init({"params": jax.random.key(1)}, dummy)["params"]
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map(lambda a: a + jnp.asarray(rng.normal(0, 0.1, a.shape), a.dtype), params)
+  ranks = {}
+  for packed in (False, True):
+    out = []
+    for batch, n in pipeline.eval_batches(ml100k_task.split.val, 128, packed=packed):
+      out.append(np.asarray(rank(params, {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}))[:n])
+    ranks[packed] = np.concatenate(out)
+  assert len(ranks[True]) == 943
+  np.testing.assert_array_equal(ranks[True], ranks[False])
+  assert len(np.unique(ranks[True])) > 50  # a real spread of ranks, not a constant
 
 
 def test_ml100k_epoch_supervises_every_training_target_once(ml100k_task):

@@ -74,14 +74,13 @@ def pack_rows(lengths: np.ndarray, capacity: int) -> list[list[int]]:
   return rows
 
 
-def pack(batch: dict[str, np.ndarray], row_multiple: int = 8) -> dict[str, np.ndarray]:
-  """Packs a padded batch into as few rows as fit (rounded up to `row_multiple`)."""
-  m = padded_to_model(batch)
+def _fill_rows(m: dict[str, np.ndarray], lengths: np.ndarray, rows: list[list[int]], num_rows: int):
+  """Copies each sequence's tokens into its packed row; returns the rows and each sequence's
+  (row, index of its last token), -1 for empty sequences."""
   n = m["ids"].shape[1]
-  lengths = batch["length"]
-  rows = pack_rows(lengths, n)
-  num_rows = max(row_multiple, -(-len(rows) // row_multiple) * row_multiple)
   out = {k: np.zeros((num_rows, n), m[k].dtype) for k in ("ids", "targets", "ts_key", "ts_query", "pos", "seg")}
+  row_of = np.full(len(lengths), -1, np.int32)
+  last_of = np.full(len(lengths), -1, np.int32)
   for r, members in enumerate(rows):
     start = 0
     for s, i in enumerate(members, start=1):
@@ -89,7 +88,20 @@ def pack(batch: dict[str, np.ndarray], row_multiple: int = 8) -> dict[str, np.nd
       for k in ("ids", "targets", "ts_key", "ts_query", "pos"):
         out[k][r, start : start + ln] = m[k][i, :ln]
       out["seg"][r, start : start + ln] = s
+      row_of[i], last_of[i] = r, start + ln - 1
       start += ln
+  return out, row_of, last_of
+
+
+def _round_up(x: int, multiple: int) -> int:
+  return max(multiple, -(-x // multiple) * multiple)
+
+
+def pack(batch: dict[str, np.ndarray], row_multiple: int = 8) -> dict[str, np.ndarray]:
+  """Packs a padded batch into as few rows as fit (rounded up to `row_multiple`)."""
+  m = padded_to_model(batch)
+  rows = pack_rows(batch["length"], m["ids"].shape[1])
+  out, _, _ = _fill_rows(m, batch["length"], rows, _round_up(len(rows), row_multiple))
   return out
 
 
@@ -130,8 +142,39 @@ def train_iterator(
   return iter(ds.to_iter_dataset(read_options=opts))
 
 
-def eval_batches(examples: Examples, batch_size: int):
-  """Yields (model batch, num_valid) over all examples in order, one user per row."""
+def eval_batches(
+    examples: Examples, batch_size: int, packed: bool = False, row_multiple: int = 8
+) -> list[tuple[dict[str, np.ndarray], int]]:
+  """All evaluation batches, in user order: [(batch, number of real users)].
+
+  Each batch holds `batch_size` user slots (the last batch padded with empty users) and the
+  per-user fields the ranking needs: `user_row`/`user_last` (where the user's last history
+  token sits), `history` (the user's history ids, filtered from the ranking) and `target`.
+  With `packed`, the users' sequences are packed into rows like training batches; every batch
+  gets the same number of rows (the largest needed), so evaluation compiles once.
+  """
+  chunks = []
   for start in range(0, len(examples), batch_size):
     rows = np.arange(start, min(start + batch_size, len(examples)))
-    yield padded_to_model(padded_take(examples, rows, batch_size)), len(rows)
+    chunks.append((padded_take(examples, rows, batch_size), len(rows)))
+  n = examples.ids_UxN.shape[1]
+  placements = [pack_rows(b["length"], n) if packed else None for b, _ in chunks]
+  num_rows = _round_up(max((len(p) for p in placements if p is not None), default=0), row_multiple)
+  out = []
+  for (batch, num_valid), placement in zip(chunks, placements):
+    m = padded_to_model(batch)
+    length = m.pop("length")
+    if packed:
+      model_batch, user_row, user_last = _fill_rows(m, length, placement, num_rows)
+    else:
+      model_batch = m
+      user_row, user_last = np.arange(batch_size, dtype=np.int32), length.astype(np.int32) - 1
+    last = np.maximum(length - 1, 0)
+    model_batch.update(
+        user_row=np.maximum(user_row, 0),
+        user_last=np.maximum(user_last, 0),
+        history=batch["ids"],
+        target=batch["targets"][np.arange(batch_size), last],
+    )
+    out.append((model_batch, num_valid))
+  return out

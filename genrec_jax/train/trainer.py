@@ -31,6 +31,7 @@ from genrec_jax.train.checkpoint import Checkpoints
 
 Array = jax.Array
 State = dict[str, Any]  # {'params', 'opt_state', 'step'}
+MODEL_KEYS = ("ids", "targets", "ts_key", "ts_query", "pos", "seg")  # what the model reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 def init_state(model: SequentialRecommender, tx, cfg, key: Array) -> State:
   n = cfg.data.max_seq_len
-  dummy = {k: jnp.zeros((1, n), jnp.int32) for k in ("ids", "targets", "ts_key", "ts_query", "pos", "seg")}
+  dummy = {k: jnp.zeros((1, n), jnp.int32) for k in MODEL_KEYS}
   params = jax.jit(model.init)({"params": key}, dummy)["params"]
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
@@ -99,19 +100,18 @@ def make_train_step(model, tx, cfg, catalog: Array, mesh: Mesh) -> Callable:
 
 
 def make_rank_fn(model, catalog: np.ndarray, num_items: int) -> Callable:
+  """Jitted (params, eval batch) -> 1-based full-ranking rank of each user's target [U]."""
   candidate_V = np.zeros((num_items,), bool)
   candidate_V[catalog] = True
   candidate_V = jnp.asarray(candidate_V)
 
   @jax.jit
   def rank(params, batch):
-    user_BxNxD = model.apply({"params": params}, batch, deterministic=True)
-    last_B = jnp.maximum(batch["length"] - 1, 0)
-    b = jnp.arange(user_BxNxD.shape[0])
-    user_BxD = user_BxNxD[b, last_B]
-    targets_B = batch["targets"][b, last_B]
+    model_batch = {k: batch[k] for k in MODEL_KEYS}
+    user_RxNxD = model.apply({"params": params}, model_batch, deterministic=True)
+    user_UxD = user_RxNxD[batch["user_row"], batch["user_last"]]
     table_VxD = model.apply({"params": params}, method=model.item_table)
-    return metrics.target_ranks(user_BxD, targets_B, batch["ids"], table_VxD, candidate_V)
+    return metrics.target_ranks(user_UxD, batch["target"], batch["history"], table_VxD, candidate_V)
 
   return rank
 
@@ -128,11 +128,19 @@ def to_device(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
   return out
 
 
-def evaluate(rank_fn, params, examples: Examples, batch_size: int, mesh: Mesh) -> dict[str, float]:
+EvalBatches = list[tuple[dict[str, Array], int]]
+
+
+def eval_batches(examples: Examples, cfg: ml_collections.ConfigDict, mesh: Mesh) -> EvalBatches:
+  """Evaluation batches built once and kept on the device(s) for every later evaluation."""
+  host = pipeline.eval_batches(examples, cfg.train.eval_batch_size, packed=cfg.data.pack)
+  return [(to_device(batch, mesh), n) for batch, n in host]
+
+
+def evaluate(rank_fn, params, batches: EvalBatches) -> dict[str, float]:
   acc = metrics.RankingAccumulator()
-  for batch, n in pipeline.eval_batches(examples, batch_size):
-    ranks = np.asarray(rank_fn(params, to_device(batch, mesh)))
-    acc.add(ranks[:n])
+  for batch, n in batches:
+    acc.add(np.asarray(rank_fn(params, batch))[:n])
   return acc.result()
 
 
@@ -188,6 +196,7 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
   state = jax.device_put(state, NamedSharding(mesh, P()))
   train_step = make_train_step(model, tx, cfg, catalog, mesh)
   rank_fn = make_rank_fn(model, task.catalog, task.num_items)
+  selection_batches = eval_batches(split.val if split.val is not None else split.test, cfg, mesh)
 
   bs = cfg.train.batch_size
   spe = pipeline.steps_per_epoch(len(split.train), bs)
@@ -224,8 +233,10 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
     if not math.isfinite(train_loss):
       raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
     record: dict[str, Any] = {"epoch": epoch, "step": int(state["step"]), "train_loss": train_loss}
-    examples = split.val if split.val is not None else split.test
-    record[selection] = evaluate(rank_fn, state["params"], examples, cfg.train.eval_batch_size, mesh)
+    t_eval = time.time()
+    record[selection] = evaluate(rank_fn, state["params"], selection_batches)
+    record["train_time_s"] = t_eval - t_epoch
+    record["eval_time_s"] = time.time() - t_eval
     record["epoch_time_s"] = time.time() - t_epoch
     log.write(record)
     score = record[selection][cfg.train.select_metric]
@@ -247,8 +258,8 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
 
   # Test once, on the selected checkpoint.
   best_state, best_meta = ckpt.restore("best", state)
-  val = evaluate(rank_fn, best_state["params"], split.val, cfg.train.eval_batch_size, mesh) if split.val is not None else None
-  test = evaluate(rank_fn, best_state["params"], split.test, cfg.train.eval_batch_size, mesh)
+  val = evaluate(rank_fn, best_state["params"], selection_batches) if split.val is not None else None
+  test = evaluate(rank_fn, best_state["params"], eval_batches(split.test, cfg, mesh))
   ckpt.close()
   results = {
       "experiment": cfg.experiment,
@@ -276,12 +287,12 @@ def evaluate_checkpoint(cfg, task: Task, workdir: str, which: str = "best") -> d
   state, meta = ckpt.restore(which, state)
   ckpt.close()
   rank_fn = make_rank_fn(model, task.catalog, task.num_items)
-  bs = cfg.train.eval_batch_size
+  split = task.split
   out = {
       "checkpoint": which,
       "epoch": meta["epoch"],
-      "val": evaluate(rank_fn, state["params"], task.split.val, bs, mesh) if task.split.val is not None else None,
-      "test": evaluate(rank_fn, state["params"], task.split.test, bs, mesh),
+      "val": evaluate(rank_fn, state["params"], eval_batches(split.val, cfg, mesh)) if split.val is not None else None,
+      "test": evaluate(rank_fn, state["params"], eval_batches(split.test, cfg, mesh)),
   }
   _write_json_atomic(pathlib.Path(workdir) / "eval.json", out)
   return out
