@@ -19,8 +19,8 @@ import numpy as np
 
 Array = jax.Array
 
-HR_KS = (1, 10, 50, 200)
-NDCG_KS = (10, 50, 200)
+HR_KS = (1, 5, 10, 50, 200)  # @5 for the Amazon (TIGER/S3-Rec) tables, the rest for MovieLens
+NDCG_KS = (5, 10, 50, 200)
 
 
 def target_ranks(

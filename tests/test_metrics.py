@@ -10,7 +10,7 @@ import pytest
 
 from genrec_jax import metrics
 
-METRIC_KEYS = {"hr@1", "hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr"}
+METRIC_KEYS = {"hr@1", "hr@5", "hr@10", "hr@50", "hr@200", "ndcg@5", "ndcg@10", "ndcg@50", "ndcg@200", "mrr"}
 
 
 def _ranks(scores_BxV, targets, history, candidates):
@@ -82,6 +82,8 @@ def test_metrics_from_ranks_hand_computed():
   assert set(got) == METRIC_KEYS
   want = {
       "hr@1": 1 / 6,
+      "hr@5": 2 / 6,
+      "ndcg@5": (1 + 1 / math.log2(3)) / 6,
       "hr@10": 3 / 6,
       "hr@50": 4 / 6,
       "hr@200": 5 / 6,

@@ -29,7 +29,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 5
 # Unpacked batches have one shape, so each process compiles the train step once.
 OVERRIDES = {"seed": 42, "data.pack": False, "train.num_epochs": EPOCHS}
-METRIC_KEYS = {"hr@1", "hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr"}
+METRIC_KEYS = {"hr@1", "hr@5", "hr@10", "hr@50", "hr@200", "ndcg@5", "ndcg@10", "ndcg@50", "ndcg@200", "mrr"}
 RESULT_KEYS = {"experiment", "dataset", "protocol", "best_epoch", "epochs_run", "wall_time_s", "val", "test"}
 SUBPROCESS_TIMEOUT_S = 300
 
@@ -155,7 +155,7 @@ def test_results_json(finished):
     assert set(m) - {"num_users"} == METRIC_KEYS, split
     assert m["num_users"] == 943
     assert all(0.0 <= m[k] <= 1.0 for k in METRIC_KEYS)
-    assert m["hr@1"] <= m["hr@10"] <= m["hr@50"] <= m["hr@200"]
+    assert m["hr@1"] <= m["hr@5"] <= m["hr@10"] <= m["hr@50"] <= m["hr@200"]
     assert m["ndcg@10"] <= m["ndcg@50"] <= m["ndcg@200"]
     assert m["ndcg@10"] <= m["hr@10"] and m["hr@1"] <= m["mrr"]
   assert results["val"] == finished.results["val"] and results["test"] == finished.results["test"]
