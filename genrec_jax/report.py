@@ -11,11 +11,13 @@ import sys
 from typing import Any
 
 COLUMNS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "hr@200", "ndcg@200", "mrr")
+AT5_COLUMNS = ("hr@5", "ndcg@5")  # shown only when the paper reports them (the Amazon tables)
 
 
 def comparison_table(results: dict[str, Any], paper: dict[str, float] | None) -> str:
   """Markdown: our test metrics, the paper's, and the relative difference."""
-  cols = [c for c in COLUMNS if c in (results.get("test") or {})]
+  wanted = [c for c in AT5_COLUMNS if c in (paper or {})] + list(COLUMNS)
+  cols = [c for c in wanted if c in (results.get("test") or {})]
   lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
   ours = results["test"]
   lines.append("| ours (test) | " + " | ".join(f"{ours[c]:.4f}" for c in cols) + " |")

@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import ml_collections
 
-from genrec_jax.data import movielens
+from genrec_jax.data import amazon, movielens
 from genrec_jax.data.sequences import group_by_user, make_split
 from genrec_jax.train.trainer import Task
 
 
 def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
-  """MovieLens: all ratings, original ids; the catalog is every movie of the metadata file
-  (the reference's `all_item_ids`), so negatives and rankings cover movies nobody rated too."""
+  """Loads `cfg.data.dataset` and splits it with `cfg.data.protocol`.
+
+  MovieLens: all ratings, original ids; the catalog is every movie of the metadata file (the
+  reference's `all_item_ids`), so negatives and rankings cover movies nobody rated too.
+  Amazon (S3-Rec/P5 files): the users' item sequences in file order, with positions standing in
+  for the missing timestamps; the catalog is every item id 1..num_items. HSTU's time bias would
+  only see positions there, so it must be off (`model.use_time_bias=False`).
+  """
   name = cfg.data.dataset
   if name in movielens.DATASETS:
     ratings = movielens.load_ratings(data_dir, name, download=cfg.data.download)
     movies = movielens.load_movies(data_dir, name, download=cfg.data.download)
     seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp, catalog=movies.item)
+  elif name in amazon.DATASETS:
+    if cfg.model.name == "hstu" and cfg.model.get("use_time_bias", False):
+      raise ValueError(
+          f"{name} has no timestamps (only the order of each user's items), so HSTU's time bias "
+          f"is meaningless on it: set --config.model.use_time_bias=False "
+          f"(experiments/hstu_amazon.py does)."
+      )
+    seqs = amazon.to_user_sequences(amazon.load(data_dir, name, download=cfg.data.download))
   else:
-    raise ValueError(f"unknown dataset {name!r}; known: {movielens.DATASETS}")
+    known = (*movielens.DATASETS, *amazon.DATASETS)
+    raise ValueError(f"unknown dataset {name!r}; known: {known}")
   split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len)
   return Task(split=split, catalog=seqs.catalog, num_items=seqs.num_embeddings)
