@@ -23,10 +23,11 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from genrec_jax.config import ConfigError
 from genrec_jax.data.errors import DataFormatError, DatasetNotFoundError, DownloadError
 from genrec_jax.train.checkpoint import CorruptCheckpointError
 
-USER_ERRORS = (DataFormatError, DatasetNotFoundError, DownloadError, CorruptCheckpointError, FileExistsError)
+USER_ERRORS = (ConfigError, DataFormatError, DatasetNotFoundError, DownloadError, CorruptCheckpointError, FileExistsError)
 
 
 def default_data_dir() -> str:

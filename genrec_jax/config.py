@@ -10,6 +10,12 @@ from __future__ import annotations
 import ml_collections
 
 
+class ConfigError(ValueError):
+  """A config value names something that does not exist or cannot work (e.g. an unknown model).
+
+  The experiment CLI reports it as one `error:` line, like bad input data."""
+
+
 def sequential_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = ""

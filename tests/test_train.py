@@ -168,6 +168,22 @@ def test_fit_twice_in_same_workdir_without_resume_raises(finished, ml100k_task):
   assert (finished.wd / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--config.model.name=gru", "unknown model 'gru'"),
+    ("--config.loss.name=bpr", "unknown loss 'bpr'"),
+    ("--config.data.dataset=ml-5m", "unknown dataset 'ml-5m'"),
+])
+def test_cli_bad_config_one_error_line_nothing_written(data_dir, ml100k_flags, cli_env, tmp_path, flag, message):
+  wd = tmp_path / "run"
+  proc = subprocess.run(_cli(wd, data_dir, ml100k_flags(), flag), cwd=REPO, env=cli_env,
+                        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not wd.exists()
+
+
 def test_kill_and_resume_matches_uninterrupted_run(
     finished, data_dir, ml100k_flags, ml100k_task, cli_env, tmp_path
 ):

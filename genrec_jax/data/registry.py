@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from genrec_jax.config import ConfigError
 from genrec_jax.data import amazon, movielens
 from genrec_jax.data.sequences import group_by_user, make_split
 from genrec_jax.train.trainer import Task
@@ -25,7 +26,7 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
     seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp, catalog=movies.item)
   elif name in amazon.DATASETS:
     if cfg.model.name == "hstu" and cfg.model.get("use_time_bias", False):
-      raise ValueError(
+      raise ConfigError(
           f"{name} has no timestamps (only the order of each user's items), so HSTU's time bias "
           f"is meaningless on it: set --config.model.use_time_bias=False "
           f"(experiments/hstu_amazon.py does)."
@@ -33,6 +34,6 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
     seqs = amazon.to_user_sequences(amazon.load(data_dir, name, download=cfg.data.download))
   else:
     known = (*movielens.DATASETS, *amazon.DATASETS)
-    raise ValueError(f"unknown dataset {name!r}; known: {known}")
+    raise ConfigError(f"unknown dataset {name!r}; known: {known}")
   split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len)
   return Task(split=split, catalog=seqs.catalog, num_items=seqs.num_embeddings)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from genrec_jax.config import ConfigError
 from genrec_jax.nn.hstu import HSTUEncoder
 from genrec_jax.nn.transformer import SASRecEncoder
 
@@ -95,7 +96,7 @@ def build_model(cfg: ml_collections.ConfigDict, num_items: int) -> SequentialRec
     )
     pos_init = "truncated_normal"
   else:
-    raise ValueError(f"unknown model {m.name!r}; expected 'hstu' or 'sasrec'")
+    raise ConfigError(f"unknown model {m.name!r}; expected 'hstu' or 'sasrec'")
   return SequentialRecommender(
       num_items=num_items,
       embed_dim=m.embed_dim,

@@ -24,6 +24,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from genrec_jax import losses, metrics
+from genrec_jax.config import ConfigError
 from genrec_jax.data import pipeline
 from genrec_jax.data.sequences import Examples, Split
 from genrec_jax.models.sequential import SequentialRecommender, build_model
@@ -31,6 +32,7 @@ from genrec_jax.train.checkpoint import Checkpoints
 
 Array = jax.Array
 State = dict[str, Any]  # {'params', 'opt_state', 'step'}
+LOSSES = ("sampled_softmax", "full_softmax")
 MODEL_KEYS = ("ids", "targets", "ts_key", "ts_query", "pos", "seg")  # what the model reads
 
 
@@ -79,7 +81,7 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
       )
     if lc.name == "full_softmax":
       return losses.full_softmax_loss(user_BxNxD, targets_BxN, table_VxD, catalog, lc.temperature)
-    raise ValueError(f"unknown loss {lc.name!r}")
+    raise ConfigError(f"unknown loss {lc.name!r}; expected one of {LOSSES}")
 
   return loss_fn
 
@@ -184,12 +186,14 @@ class RunLog:
 def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool = False) -> dict:
   """Trains with per-epoch validation, keeps the best checkpoint, evaluates test once."""
   t_start = time.time()
+  model = build_model(cfg, task.num_items)  # config errors surface before anything is written
+  if cfg.loss.name not in LOSSES:
+    raise ConfigError(f"unknown loss {cfg.loss.name!r}; expected one of {LOSSES}")
   workdir_p = pathlib.Path(workdir)
   workdir_p.mkdir(parents=True, exist_ok=True)
   split = task.split
   selection = "val" if split.val is not None else "test"
   mesh = make_mesh()
-  model = build_model(cfg, task.num_items)
   tx = make_optimizer(cfg)
   catalog = jnp.asarray(task.catalog, jnp.int32)
   state = init_state(model, tx, cfg, jax.random.key(cfg.seed))
