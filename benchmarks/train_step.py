@@ -43,13 +43,15 @@ def main(argv) -> None:
   del argv
   from genrec_jax.data import pipeline
   from genrec_jax.data.registry import load_task
+  from genrec_jax.data import text
   from genrec_jax.models.sequential import build_model
   from genrec_jax.train import trainer
 
   cfg = flags.FLAGS.config
   task = load_task(cfg, flags.FLAGS.data_dir)
+  text_emb = text.load_item_text_embeddings(cfg, flags.FLAGS.data_dir, task.num_items)
   mesh = trainer.make_mesh()
-  model = build_model(cfg, task.num_items)
+  model = build_model(cfg, task.num_items, text_emb)
   tx = trainer.make_optimizer(cfg)
   catalog = jnp.asarray(task.catalog, jnp.int32)
   state = trainer.init_state(model, tx, cfg, jax.random.key(cfg.seed))

@@ -43,6 +43,11 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.model.attn_norm_len = 211
   c.model.num_buckets = 128
   c.model.use_time_bias = True
+  # Item vectors (input and output table): 'id' (learned table), 'text' (a learned projection of
+  # frozen all-MiniLM-L6-v2 embeddings of the item text, data/text.py; MovieLens only) or
+  # 'id+text' (both, combined by `fusion`: 'sum' | 'concat' | 'gate'). See models/sequential.py.
+  c.model.item_features = "id"
+  c.model.fusion = "sum"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "sampled_softmax"  # or 'full_softmax'

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Callable, Mapping
 
 import ml_collections
 
 from genrec_jax import report
+from genrec_jax.data import text
 from genrec_jax.data.registry import load_task
 from genrec_jax.train import trainer
 
@@ -17,6 +19,8 @@ def run_sequential(
 ) -> dict:
   """Trains (or, with eval_only, re-evaluates) a sequential recommender and prints the table."""
   task = load_task(cfg, data_dir)
+  text_emb = text.load_item_text_embeddings(cfg, data_dir, task.num_items)  # None for 'id' items
+  task = dataclasses.replace(task, item_text_emb=text_emb)
   wd = pathlib.Path(workdir)
   if eval_only:
     out = trainer.evaluate_checkpoint(cfg, task, workdir)

@@ -4,10 +4,21 @@ Input pre-processing as the reference's LearnablePositionalEmbeddingInputFeature
   x = Dropout(E[ids] · √D + P[pos]) ⊙ valid_mask
 Output post-processing: u = y / max(‖y‖₂, 1e-6). Items are scored by cosine similarity, so the
 item table is L2-normalised the same way (`item_table`).
+
+Item vectors E (`model.item_features`; the same E feeds the input above and the output table):
+  'id'       E = E_id                                    (learned table; the default)
+  'text'     E = T W_t + b_t                             (T: frozen [V, 384] text embeddings)
+  'id+text'  fused by `model.fusion`:
+     'sum'     E = E_id + (T W_t + b_t)
+     'concat'  E = [E_id, T W_t + b_t] W_c + b_c          (W_c: [2D, D])
+     'gate'    E = g ⊙ E_id + (1 − g) ⊙ (T W_t + b_t),  g = σ(w), w ∈ R^D, init w = 0 (g = ½)
+T is a constant of the module (data/text.py computes it), never a parameter: no gradient, no
+optimizer state, no checkpoint bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -15,12 +26,37 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from genrec_jax.config import ConfigError
 from genrec_jax.nn.hstu import HSTUEncoder
 from genrec_jax.nn.transformer import SASRecEncoder
 
 Array = jax.Array
+ITEM_FEATURES = ("id", "text", "id+text")
+FUSIONS = ("sum", "concat", "gate")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrozenArray:
+  """A read-only array held by a module as a constant (jit embeds it; it is not a param).
+
+  Hashed and compared by identity, so modules holding one stay hashable (an ndarray is not).
+  """
+
+  value: np.ndarray
+
+  def __post_init__(self):
+    value = np.array(self.value, np.float32)  # a private copy nobody else can write to
+    value.setflags(write=False)
+    object.__setattr__(self, "value", value)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.value.shape
+
+  def __repr__(self) -> str:
+    return f"FrozenArray(shape={self.value.shape}, dtype={self.value.dtype})"
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
@@ -43,10 +79,29 @@ class SequentialRecommender(nn.Module):
   encoder: nn.Module
   input_dropout: float
   pos_init: str = "xavier_normal"  # HSTU re-inits it xavier-normal; SASRec keeps N(0, 1/D)
+  item_features: str = "id"  # 'id' | 'text' | 'id+text' (see the module docstring)
+  fusion: str = "sum"  # 'sum' | 'concat' | 'gate', used by 'id+text'
+  text_emb: FrozenArray | None = None  # [num_items, text_dim] frozen text embeddings T
 
   def setup(self):
     d = self.embed_dim
-    self.item_emb = self.param("item_emb", truncated_normal_2sigma(0.02), (self.num_items, d))
+    if self.item_features not in ITEM_FEATURES:
+      raise ValueError(f"item_features {self.item_features!r} not in {ITEM_FEATURES}")
+    if self.item_features != "id":
+      if self.text_emb is None or self.text_emb.shape[0] != self.num_items:
+        got = None if self.text_emb is None else self.text_emb.shape
+        raise ValueError(f"item_features={self.item_features!r} needs text_emb of "
+                         f"[{self.num_items}, text_dim], got {got}")
+      self.text_proj = nn.Dense(d)
+    if self.item_features != "text":
+      self.item_emb = self.param("item_emb", truncated_normal_2sigma(0.02), (self.num_items, d))
+    if self.item_features == "id+text":
+      if self.fusion not in FUSIONS:
+        raise ValueError(f"fusion {self.fusion!r} not in {FUSIONS}")
+      if self.fusion == "concat":
+        self.fuse = nn.Dense(d)
+      elif self.fusion == "gate":
+        self.gate_logit = self.param("gate_logit", nn.initializers.zeros, (d,))
     if self.pos_init == "xavier_normal":
       pos_init = nn.initializers.xavier_normal()
     else:
@@ -59,7 +114,7 @@ class SequentialRecommender(nn.Module):
     zero at padding."""
     ids_BxN, seg_BxN = batch["ids"], batch["seg"]
     mask_BxN = seg_BxN != 0
-    x_BxNxD = self.item_emb[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[batch["pos"]]
+    x_BxNxD = self.item_vectors()[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[batch["pos"]]
     x_BxNxD = self.dropout(x_BxNxD, deterministic=deterministic) * mask_BxN[..., None]
     if isinstance(self.encoder, HSTUEncoder):
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, batch["ts_query"], batch["ts_key"], deterministic)
@@ -67,14 +122,53 @@ class SequentialRecommender(nn.Module):
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, deterministic)
     return l2_normalize(y_BxNxD) * mask_BxN[..., None]
 
+  def item_vectors(self) -> Array:
+    """Item vectors E before normalisation, [num_items, D] (equations in the module docstring)."""
+    if self.item_features == "id":
+      return self.item_emb
+    # The whole table at once: V·384·D FLOPs, fewer than projecting the B·N gathered rows.
+    text_VxT = jax.lax.stop_gradient(jnp.asarray(self.text_emb.value))
+    t_VxD = self.text_proj(text_VxT)  # T W_t + b_t
+    if self.item_features == "text":
+      return t_VxD
+    e_VxD = self.item_emb
+    if self.fusion == "sum":
+      return e_VxD + t_VxD
+    if self.fusion == "concat":
+      return self.fuse(jnp.concatenate([e_VxD, t_VxD], axis=-1))  # [E_id, T W_t + b_t] W_c + b_c
+    g_D = jax.nn.sigmoid(self.gate_logit)  # g = σ(w)
+    return g_D * e_VxD + (1.0 - g_D) * t_VxD
+
   def item_table(self) -> Array:
-    """L2-normalised item embeddings, [num_items, D]."""
-    return l2_normalize(self.item_emb)
+    """L2-normalised item vectors, [num_items, D]."""
+    return l2_normalize(self.item_vectors())
 
 
-def build_model(cfg: ml_collections.ConfigDict, num_items: int) -> SequentialRecommender:
-  """Resolves `cfg.model.name` ('hstu' | 'sasrec') into a module."""
+def build_model(
+    cfg: ml_collections.ConfigDict, num_items: int, text_emb: np.ndarray | None = None
+) -> SequentialRecommender:
+  """Resolves `cfg.model.name` ('hstu' | 'sasrec') into a module.
+
+  `text_emb` ([num_items, text_dim], from data/text.py `load_item_text_embeddings`) is required by
+  model.item_features 'text' and 'id+text' and ignored by 'id'.
+  """
   m = cfg.model
+  features = m.get("item_features", "id")
+  fusion = m.get("fusion", "sum")
+  if features not in ITEM_FEATURES:
+    raise ConfigError(f"unknown model.item_features {features!r}; expected one of {ITEM_FEATURES}")
+  if fusion not in FUSIONS:
+    raise ConfigError(f"unknown model.fusion {fusion!r}; expected one of {FUSIONS}")
+  frozen = None
+  if features != "id":
+    if text_emb is None:
+      raise ConfigError(
+          f"model.item_features={features!r} needs the item text embeddings (data/text.py "
+          f"load_item_text_embeddings) passed to build_model"
+      )
+    if np.ndim(text_emb) != 2 or np.shape(text_emb)[0] != num_items:
+      raise ValueError(f"text_emb has shape {np.shape(text_emb)}; expected [{num_items}, text_dim]")
+    frozen = FrozenArray(text_emb)
   if m.name == "hstu":
     encoder: Any = HSTUEncoder(
         num_blocks=m.num_blocks,
@@ -104,4 +198,7 @@ def build_model(cfg: ml_collections.ConfigDict, num_items: int) -> SequentialRec
       encoder=encoder,
       input_dropout=m.input_dropout,
       pos_init=pos_init,
+      item_features=features,
+      fusion=fusion,
+      text_emb=frozen,
   )

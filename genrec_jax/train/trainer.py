@@ -43,6 +43,7 @@ class Task:
   split: Split
   catalog: np.ndarray  # int ids that are ranked and sampled
   num_items: int  # item table rows
+  item_text_emb: np.ndarray | None = None  # [num_items, 384] frozen text embeddings ('text' item features)
 
 
 def make_mesh() -> Mesh:
@@ -186,7 +187,7 @@ class RunLog:
 def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool = False) -> dict:
   """Trains with per-epoch validation, keeps the best checkpoint, evaluates test once."""
   t_start = time.time()
-  model = build_model(cfg, task.num_items)  # config errors surface before anything is written
+  model = build_model(cfg, task.num_items, task.item_text_emb)  # config errors surface before anything is written
   if cfg.loss.name not in LOSSES:
     raise ConfigError(f"unknown loss {cfg.loss.name!r}; expected one of {LOSSES}")
   workdir_p = pathlib.Path(workdir)
@@ -284,7 +285,7 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
 def evaluate_checkpoint(cfg, task: Task, workdir: str, which: str = "best") -> dict:
   """Reloads a checkpoint and reports validation and test metrics (eval-only mode)."""
   mesh = make_mesh()
-  model = build_model(cfg, task.num_items)
+  model = build_model(cfg, task.num_items, task.item_text_emb)
   tx = make_optimizer(cfg)
   state = init_state(model, tx, cfg, jax.random.key(cfg.seed))
   ckpt = Checkpoints(workdir)
