@@ -68,7 +68,9 @@ def main(argv) -> None:
     shape = b["ids"].shape
     if shape not in flops_by_shape:
       compiled = step_fn.lower(state, b).compile()
-      flops_by_shape[shape] = float(compiled.cost_analysis().get("flops", float("nan")))
+      # XLA reports the FLOPs of one device's partition of the data-parallel step.
+      per_device = float(compiled.cost_analysis().get("flops", float("nan")))
+      flops_by_shape[shape] = per_device * mesh.devices.size
   for b in batches[:n_warm]:
     state, loss = step_fn(state, b)
   jax.block_until_ready(state)
@@ -101,9 +103,9 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from genrec_jax.cli import maybe_reexec_with_tcmalloc
+  from genrec_jax.cli import configure_runtime
 
-  maybe_reexec_with_tcmalloc()  # same allocator as the experiments
+  configure_runtime()  # same allocator and host devices as the experiments
   # The experiment's config is the default; every field can be overridden (--config.x=y).
   exp = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--experiment=")), None)
   if exp is None and "--experiment" in sys.argv:

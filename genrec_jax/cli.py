@@ -6,10 +6,16 @@
 --data_dir defaults to $GENREC_DATA_DIR, else data/. Every config field can be overridden with
 --config.<path>=<value>.
 
-Speed: XLA:CPU allocates and frees hundreds of MB per train step; with glibc's malloc every step
-page-faults fresh memory (measured: 2x slower steps, most time in the kernel). If tcmalloc is
-installed (Debian: libtcmalloc-minimal4) the command re-executes itself once with it preloaded.
-Set GENREC_NO_TCMALLOC=1 to opt out.
+Speed on CPU, set up before JAX starts (`configure_runtime`):
+- XLA:CPU allocates and frees hundreds of MB per train step; with glibc's malloc every step
+  page-faults fresh memory (measured: 2x slower steps, most time in the kernel). If tcmalloc is
+  installed (Debian: libtcmalloc-minimal4) the command re-executes itself once with it preloaded.
+  Set GENREC_NO_TCMALLOC=1 to opt out.
+- The host CPU is split into GENREC_HOST_DEVICES JAX devices (default: 2 when the machine has
+  2+ cores) and the train step runs data-parallel over them: one XLA program per device keeps
+  both cores busy where a single program leaves them idle ~30% of a step (measured on 2 cores:
+  410-440 ms -> 298-321 ms per HSTU ML-1M step). GPUs/TPUs are unaffected (the flag only shapes
+  the CPU platform). GENREC_HOST_DEVICES=1 turns it off.
 """
 
 from __future__ import annotations
@@ -39,6 +45,32 @@ def tcmalloc_path() -> str | None:
   return libs[0] if libs else None
 
 
+HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def host_devices() -> int:
+  """How many JAX devices the CPU platform is split into (module doc)."""
+  value = os.environ.get("GENREC_HOST_DEVICES")
+  if value is None:
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+  if not value.isdigit() or int(value) < 1:
+    raise ConfigError(f"GENREC_HOST_DEVICES must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def with_host_devices(xla_flags: str, n: int) -> str:
+  """XLA_FLAGS with the host device count set, unless the user already set one."""
+  if HOST_DEVICE_FLAG in xla_flags or n == 1:
+    return xla_flags
+  return f"{xla_flags} {HOST_DEVICE_FLAG}={n}".strip()
+
+
+def configure_runtime() -> None:
+  """Host device count and tcmalloc (module doc). Call before JAX initialises its backends."""
+  os.environ["XLA_FLAGS"] = with_host_devices(os.environ.get("XLA_FLAGS", ""), host_devices())
+  maybe_reexec_with_tcmalloc()
+
+
 def maybe_reexec_with_tcmalloc() -> None:
   """Re-runs this `python -m MODULE ...` command with tcmalloc preloaded (see module doc)."""
   preload = os.environ.get("LD_PRELOAD", "")
@@ -55,7 +87,11 @@ def maybe_reexec_with_tcmalloc() -> None:
 
 def run(get_config: Callable[[], ml_collections.ConfigDict], main: Callable) -> None:
   """Defines the shared flags and runs `main(config, workdir, data_dir, resume, eval_only)`."""
-  maybe_reexec_with_tcmalloc()
+  try:
+    configure_runtime()
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.json.", required=True)
   flags.DEFINE_string("data_dir", default_data_dir(), "Dataset root ($GENREC_DATA_DIR, else data/).")
   flags.DEFINE_bool("download", False, "Fetch a missing dataset from its official URL (checksummed).")

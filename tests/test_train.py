@@ -44,6 +44,9 @@ def cli_env(tmp_path_factory):
       JAX_COMPILATION_CACHE_DIR=str(cache),
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
       PYTHONUNBUFFERED="1",
+      # One JAX device, like the in-process runs these are compared with bit for bit (the CLI
+      # otherwise splits the CPU into 2 devices; test_two_host_devices_match_one covers that).
+      GENREC_HOST_DEVICES="1",
   )
 
 
@@ -235,3 +238,28 @@ def test_eval_only_reproduces_test_metrics(finished, data_dir, ml100k_flags, cli
   for split in ("val", "test"):
     for k in METRIC_KEYS:
       assert out[split][k] == pytest.approx(results[split][k], rel=1e-9, abs=1e-12), (split, k)
+
+
+def test_two_host_devices_match_one(finished, data_dir, ml100k_flags, cli_env, tmp_path):
+  """The CLI's default on a 2+-core CPU: the step runs data-parallel over 2 host devices. Same
+  batches, dropout masks and negatives, so the same epoch up to float summation order."""
+  wd = tmp_path / "run"
+  env = dict(cli_env, GENREC_HOST_DEVICES="2")
+  _run_cli(_cli(wd, data_dir, ml100k_flags(**{**OVERRIDES, "train.num_epochs": 2})), env, tmp_path / "two.log")
+  got, want = _epoch_records(wd), _epoch_records(finished.wd)[:2]
+  for g, w in zip(got, want, strict=True):
+    assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-5)
+    for k in METRIC_KEYS:
+      assert g["val"][k] == pytest.approx(w["val"][k], abs=2e-3), k
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_host_device_count_is_one_error_line(data_dir, ml100k_flags, cli_env, tmp_path, value):
+  wd = tmp_path / "run"
+  proc = subprocess.run(_cli(wd, data_dir, ml100k_flags()), cwd=REPO, env=dict(cli_env, GENREC_HOST_DEVICES=value),
+                        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+  assert proc.returncode == 2
+  assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
+      f"error: GENREC_HOST_DEVICES must be a positive integer, got {value!r}"
+  ]
+  assert not wd.exists()

@@ -17,6 +17,8 @@ jagged computation exactly, whether the row is padded or packed.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,28 @@ def time_buckets(
   return jnp.clip(b, 0, num_buckets)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_rows(x_NxM: Array, b: int) -> Array:
+  """x repeated over a new leading axis of size b (jnp.broadcast_to), with a faster gradient.
+
+  The gradient of a broadcast is a sum over the leading axis, which XLA:CPU reduces ~9x slower
+  than the same sum written as a matmul with a ones vector (36x200x200: 9.6 ms vs 1.1 ms).
+  """
+  return jnp.broadcast_to(x_NxM[None], (b, *x_NxM.shape))
+
+
+def _broadcast_rows_fwd(x_NxM, b):
+  return broadcast_rows(x_NxM, b), None
+
+
+def _broadcast_rows_bwd(b, _, g_BxNxM):
+  ones_B = jnp.ones((b,), g_BxNxM.dtype)
+  return ((ones_B @ g_BxNxM.reshape(b, -1)).reshape(g_BxNxM.shape[1:]),)
+
+
+broadcast_rows.defvjp(_broadcast_rows_fwd, _broadcast_rows_bwd)
+
+
 class RelativeBucketedTimeAndPositionBias(nn.Module):
   """rab^{p,t}[b, i, j] = w_pos[N - 1 + j - i] + w_time[bucket[b, i, j]]."""
 
@@ -63,16 +87,16 @@ class RelativeBucketedTimeAndPositionBias(nn.Module):
   use_time: bool = True
 
   @nn.compact
-  def __call__(self, buckets_BxNxN: Array | None) -> Array:
+  def __call__(self, buckets_BxNxN: Array | None, batch_size: int = 1) -> Array:
     n = self.max_len
     init = nn.initializers.normal(stddev=0.02)
     pos_w = self.param("pos_w", init, (2 * n - 1,))
     i = jnp.arange(n)
-    bias_1xNxN = pos_w[n - 1 + i[None, :] - i[:, None]][None]
+    bias_BxNxN = broadcast_rows(pos_w[n - 1 + i[None, :] - i[:, None]], batch_size)
     if not self.use_time or buckets_BxNxN is None:
-      return bias_1xNxN
+      return bias_BxNxN
     ts_w = self.param("ts_w", init, (self.num_buckets + 1,))
-    return bias_1xNxN + ts_w[buckets_BxNxN]
+    return bias_BxNxN + ts_w[buckets_BxNxN]
 
 
 class HSTULayer(nn.Module):
@@ -106,12 +130,14 @@ class HSTULayer(nn.Module):
     # A = φ2(QKᵀ + rab^{p,t}) / n, causal within the sequence; φ2 = SiLU.
     rab = RelativeBucketedTimeAndPositionBias(
         max_len=n, num_buckets=self.num_buckets, use_time=self.use_time_bias, name="rab"
-    )(buckets_BxNxN)
+    )(buckets_BxNxN, b)
     qk_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q_BxNxHxQ, k_BxNxHxQ) + rab[:, None]
     attn_BxHxNxN = jnp.where(
         mask_BxNxN[:, None], jax.nn.silu(qk_BxHxNxN) / self.attn_norm_len, 0.0
     )
-    av_BxNxHV = jnp.einsum("bhnm,bmhd->bnhd", attn_BxHxNxN, v_BxNxHxV).reshape(b, n, h * dv)
+    # Heads-major V so the [N, N] x [N, dv] products read A row-major (no transposed copy of A).
+    av_BxHxNxV = jnp.einsum("bhnm,bhmd->bhnd", attn_BxHxNxN, v_BxNxHxV.transpose(0, 2, 1, 3))
+    av_BxNxHV = av_BxHxNxV.transpose(0, 2, 1, 3).reshape(b, n, h * dv)
 
     # Y = f2(Dropout(U ⊙ Norm(AV))) + X.
     o_BxNxHV = u_BxNxHV * layer_norm(av_BxNxHV, self.eps)

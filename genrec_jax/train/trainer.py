@@ -231,6 +231,10 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
                     dynamic_ncols=True, mininterval=2.0)
     for i in bar:
       state, loss = train_step(state, to_device(next(data_iter), mesh))
+      # One step in flight at a time: with several CPU devices, a step dispatched while the
+      # previous one still runs can starve XLA:CPU's all-reduce rendezvous of threads and
+      # deadlock (seen with 2 host devices on 2 cores). The next batch is prefetched by grain.
+      jax.block_until_ready(state)
       losses_dev.append(loss)
       if i % 10 == 9:
         bar.set_postfix(loss=f"{float(loss):.4f}")
