@@ -26,6 +26,7 @@ def get_config():
   c.experiment = "hstu_amazon"
   c.data.dataset = "amazon-beauty"
   c.data.max_seq_len = 50
+  c.data.history_filter = "all"  # S3-Rec/TIGER rank against every item the user has not seen
   c.model.name = "hstu"
   c.model.attn_norm_len = 50 + 10 + 1
   c.model.use_time_bias = False

@@ -31,6 +31,7 @@ def get_config():
   c.experiment = "sasrec_amazon"
   c.data.dataset = "amazon-beauty"
   c.data.max_seq_len = 50
+  c.data.history_filter = "all"  # S3-Rec/TIGER rank against every item the user has not seen
   c.model.name = "sasrec"
   c.model.ffn_hidden_dim = 50
   c.model.dropout = 0.5

@@ -28,6 +28,12 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.data.download = False
   # Pack several users into one row of max_seq_len tokens (same loss, ~half the tokens on ML-1M).
   c.data.pack = True
+  # Past items removed from the full ranking: 'window' = the max_seq_len items the model sees
+  # (generative-recommenders), 'all' = every past item (S3-Rec / TIGER protocol on Amazon).
+  c.data.history_filter = "window"
+  # > 0: cold-start split: this fraction of the catalog (seeded by `seed`) is held out of training
+  # entirely and reported separately as test targets (results.json: test_cold, test_warm).
+  c.data.cold_start_frac = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "hstu"

@@ -21,6 +21,10 @@ def comparison_table(results: dict[str, Any], paper: dict[str, float] | None) ->
   lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
   ours = results["test"]
   lines.append("| ours (test) | " + " | ".join(f"{ours[c]:.4f}" for c in cols) + " |")
+  for key in sorted(k for k in results if k.startswith("test_") and isinstance(results[k], dict)):
+    sub = results[key]  # e.g. test_cold / test_warm of a cold-start split
+    label = f"ours ({key.replace('_', ': ', 1)}, {sub.get('num_users', '?')} users)"
+    lines.append(f"| {label} | " + " | ".join(f"{sub[c]:.4f}" for c in cols) + " |")
   if paper:
     lines.append("| paper | " + " | ".join(f"{paper[c]:.4f}" if c in paper else "–" for c in cols) + " |")
     lines.append(

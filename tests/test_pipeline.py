@@ -262,6 +262,18 @@ def test_eval_batches_cover_users_in_order_with_their_last_token(packed):
     assert shapes.pop()[0] < 8  # users really share rows
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_eval_batches_filter_every_past_item_when_examples_carry_them(packed):
+  import dataclasses
+
+  ex = _synthetic_examples(21, 6, seed=8)
+  past = np.random.default_rng(3).integers(1, 99, (21, 15)).astype(np.int32)
+  batches = pipeline.eval_batches(dataclasses.replace(ex, past_UxH=past), 8, packed=packed, row_multiple=2)
+  got = np.concatenate([b["history"][:n] for b, n in batches])
+  np.testing.assert_array_equal(got, past)
+  assert all(b["history"].shape == (8, 15) for b, _ in batches)
+
+
 @pytest.mark.parametrize("model_name", ["hstu", "sasrec"])
 def test_packed_and_padded_evaluation_give_identical_ranks_ml100k(ml100k_task, ml100k_config, model_name):
   from genrec_jax.train import trainer

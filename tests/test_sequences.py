@@ -7,7 +7,7 @@ import collections
 import numpy as np
 import pytest
 
-from genrec_jax.data.sequences import Examples, group_by_user, make_split
+from genrec_jax.data.sequences import Examples, choose_cold_items, cold_start_split, group_by_user, make_split
 
 # (user, item, timestamp) in file order. User 2 has a timestamp tie (11 and 12 at t=3) and is
 # out of order in the file; user 1's three events all share one timestamp; user 3 has two events,
@@ -151,6 +151,57 @@ def test_truncation_keeps_last_max_seq_len():
   sp = make_split(_seqs(events), "paper", max_seq_len=3)
   _check(sp.train, 7, ids=[105, 106, 107], targets=[106, 107, 108], ts=[50, 60, 70, 80], length=3)
   _check(sp.test, 7, ids=[106, 107, 108], targets=[0, 0, 109], ts=[60, 70, 80, 90], length=3)
+
+
+def test_history_filter_all_carries_every_past_item():
+  events = [(7, 100 + k, 10 * k) for k in range(1, 10)] + [(8, 201, 1), (8, 202, 2), (8, 203, 3)]
+  window = make_split(_seqs(events), "loo", max_seq_len=3)
+  assert window.val.past_UxH is None and window.test.past_UxH is None
+  sp = make_split(_seqs(events), "loo", max_seq_len=3, history_filter="all")
+  assert sp.train.past_UxH is None
+  # user 7: val target 108 -> past 101..107 (the model still sees only 105..107)
+  np.testing.assert_array_equal(sp.val.past_UxH[0], [101, 102, 103, 104, 105, 106, 107])
+  np.testing.assert_array_equal(sp.test.past_UxH[0], [101, 102, 103, 104, 105, 106, 107, 108])
+  np.testing.assert_array_equal(sp.test.past_UxH[1], [201, 202, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(sp.test.ids_UxN, window.test.ids_UxN)
+  assert set(sp.test.take(np.array([1]))) == {"ids", "ts", "targets", "length", "past"}
+  with pytest.raises(ValueError, match="history_filter"):
+    make_split(_seqs(events), "loo", max_seq_len=3, history_filter="some")
+
+
+def test_cold_start_split_hand_made():
+  # user 7: items 101..108 at t = 10..80; user 8: 201, 202, 203; user 9: 301, 302, 303.
+  events = [(7, 100 + k, 10 * k) for k in range(1, 9)] + [(8, 201, 1), (8, 202, 2), (8, 203, 3)]
+  events += [(9, 301, 1), (9, 302, 2), (9, 303, 3)]
+  seqs = _seqs(events)
+  cs = cold_start_split(seqs, max_seq_len=4, cold_items=np.array([108, 103, 301]))
+  np.testing.assert_array_equal(cs.warm_catalog, np.setdiff1d(seqs.catalog, [103, 108, 301]))
+  sp = cs.split
+  # user 9 lost its only warm history item before the val target (301 is cold): left out
+  np.testing.assert_array_equal(sp.test.user_U, [7, 8])
+  # user 7: train on 101..106 without 103; val target 107; test target 108 (cold)
+  _check(sp.train, 7, ids=[101, 102, 104, 105], targets=[102, 104, 105, 106], ts=[10, 20, 40, 50, 60], length=4)
+  _check(sp.val, 7, ids=[102, 104, 105, 106], targets=[0, 0, 0, 107], ts=[20, 40, 50, 60, 70], length=4)
+  _check(sp.test, 7, ids=[104, 105, 106, 107], targets=[0, 0, 0, 108], ts=[40, 50, 60, 70, 80], length=4)
+  _check(sp.test, 8, ids=[201, 202], targets=[0, 203], ts=[1, 2, 3], length=2)
+  # no cold item anywhere in training or in a history
+  for ex in (sp.train, sp.val, sp.test):
+    assert not np.isin(ex.ids_UxN, cs.cold_items).any()
+  assert not np.isin(sp.train.targets_UxN, cs.cold_items).any()
+  np.testing.assert_array_equal(cs.test_cold_rows, [_row(sp.test, 7)])
+  np.testing.assert_array_equal(cs.test_warm_rows, [_row(sp.test, 8)])
+  sub = sp.test.subset(cs.test_cold_rows)
+  np.testing.assert_array_equal(sub.user_U, [7])
+
+
+def test_choose_cold_items_is_seeded_and_sized():
+  catalog = np.arange(1, 51)
+  a, b, c = (choose_cold_items(catalog, 0.1, seed=s) for s in (3, 3, 4))
+  np.testing.assert_array_equal(a, b)
+  assert len(a) == 5 and np.isin(a, catalog).all() and not np.array_equal(a, c)
+  assert np.all(np.diff(a) > 0)
+  with pytest.raises(ValueError, match="cold_frac"):
+    choose_cold_items(catalog, 1.5, seed=3)
 
 
 def test_examples_take():

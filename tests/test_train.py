@@ -263,3 +263,19 @@ def test_bad_host_device_count_is_one_error_line(data_dir, ml100k_flags, cli_env
       f"error: GENREC_HOST_DEVICES must be a positive integer, got {value!r}"
   ]
   assert not wd.exists()
+
+
+def test_cold_start_run_reports_cold_and_warm_test_users(data_dir, ml100k_config, tmp_path):
+  """data.cold_start_frac: held-out items never reach training; the test users are reported
+  twice more, split by whether their target is one of them."""
+  from genrec_jax.data.registry import load_task
+
+  cfg = ml100k_config(**{"data.cold_start_frac": 0.1, "train.num_epochs": 1})
+  task = load_task(cfg, str(data_dir))
+  cold = np.setdiff1d(task.catalog, task.train_catalog)
+  assert len(cold) == round(0.1 * len(task.catalog))
+  assert not np.isin(task.split.train.ids_UxN, cold).any()
+  results = trainer.fit(cfg, task, str(tmp_path / "run"))
+  n_cold, n_warm = results["test_cold"]["num_users"], results["test_warm"]["num_users"]
+  assert n_cold > 0 and n_cold + n_warm == results["test"]["num_users"]
+  assert set(results["test_cold"]) == set(results["test"])

@@ -149,7 +149,8 @@ def eval_batches(
 
   Each batch holds `batch_size` user slots (the last batch padded with empty users) and the
   per-user fields the ranking needs: `user_row`/`user_last` (where the user's last history
-  token sits), `history` (the user's history ids, filtered from the ranking) and `target`.
+  token sits), `history` (ids filtered from the ranking: the model's history window, or every
+  past item when the examples carry `past_UxH`) and `target`.
   With `packed`, the users' sequences are packed into rows like training batches; every batch
   gets the same number of rows (the largest needed), so evaluation compiles once.
   """
@@ -173,7 +174,7 @@ def eval_batches(
     model_batch.update(
         user_row=np.maximum(user_row, 0),
         user_last=np.maximum(user_last, 0),
-        history=batch["ids"],
+        history=batch.get("past", batch["ids"]),
         target=batch["targets"][np.arange(batch_size), last],
     )
     out.append((model_batch, num_valid))

@@ -6,7 +6,7 @@ import ml_collections
 
 from genrec_jax.config import ConfigError
 from genrec_jax.data import amazon, movielens
-from genrec_jax.data.sequences import group_by_user, make_split
+from genrec_jax.data.sequences import HISTORY_FILTERS, choose_cold_items, cold_start_split, group_by_user, make_split
 from genrec_jax.train.trainer import Task
 
 
@@ -35,5 +35,19 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   else:
     known = (*movielens.DATASETS, *amazon.DATASETS)
     raise ConfigError(f"unknown dataset {name!r}; known: {known}")
-  split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len)
+  history_filter = cfg.data.get("history_filter", "window")
+  if history_filter not in HISTORY_FILTERS:
+    raise ConfigError(f"unknown data.history_filter {history_filter!r}; expected one of {HISTORY_FILTERS}")
+  cold_frac = cfg.data.get("cold_start_frac", 0.0)
+  if cold_frac:
+    if cfg.data.protocol != "loo" or not 0.0 < cold_frac < 1.0:
+      raise ConfigError(
+          f"data.cold_start_frac={cold_frac} needs data.protocol='loo' and a fraction in (0, 1)"
+      )
+    cold = choose_cold_items(seqs.catalog, cold_frac, cfg.seed)
+    cs = cold_start_split(seqs, cfg.data.max_seq_len, cold, history_filter)
+    return Task(split=cs.split, catalog=seqs.catalog, num_items=seqs.num_embeddings,
+                train_catalog=cs.warm_catalog,
+                test_subsets={"cold": cs.test_cold_rows, "warm": cs.test_warm_rows})
+  split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len, history_filter)
   return Task(split=split, catalog=seqs.catalog, num_items=seqs.num_embeddings)

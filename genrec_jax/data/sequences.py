@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 
 PROTOCOLS = ("loo", "paper")
+HISTORY_FILTERS = ("window", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +90,29 @@ class Examples:
   targets_UxN: np.ndarray  # int32
   length_U: np.ndarray  # int32
   user_U: np.ndarray  # int64 original user ids
+  # Evaluation with history_filter='all': every item before the target, 0-padded (ids_UxN
+  # holds only the last max_seq_len of them).
+  past_UxH: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.length_U)
 
+  def subset(self, rows: np.ndarray) -> "Examples":
+    """The examples of `rows`, as a new Examples."""
+    past = None if self.past_UxH is None else self.past_UxH[rows]
+    return Examples(self.ids_UxN[rows], self.ts_UxN1[rows], self.targets_UxN[rows],
+                    self.length_U[rows], self.user_U[rows], past)
+
   def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-    return {
+    out = {
         "ids": self.ids_UxN[rows],
         "ts": self.ts_UxN1[rows],
         "targets": self.targets_UxN[rows],
         "length": self.length_U[rows],
     }
+    if self.past_UxH is not None:
+      out["past"] = self.past_UxH[rows]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +124,18 @@ class Split:
 
 
 def _examples(
-    seqs: UserSequences, rows: np.ndarray, ends: np.ndarray, max_seq_len: int, train: bool
+    seqs: UserSequences,
+    rows: np.ndarray,
+    ends: np.ndarray,
+    max_seq_len: int,
+    train: bool,
+    full_history: bool = False,
 ) -> Examples:
   """Builds examples for users `rows` from their events before index `ends` (exclusive).
 
   train=True: the sequence s = events[:end][-(N + 1):] gives history s[:-1] and targets s[1:].
-  train=False: history = events[:end - 1][-N:], the single target = events[end - 1].
+  train=False: history = events[:end - 1][-N:], the single target = events[end - 1]; with
+  `full_history`, also past = events[:end - 1] (all of it, for the ranking's filter).
   """
   n = max_seq_len
   num = len(rows)
@@ -140,10 +159,18 @@ def _examples(
       targets[r, h - 1] = s_items[-1]
     ts[r, : h + 1] = s_ts
     length[r] = h
-  return Examples(ids, ts, targets, length, seqs.users[rows])
+  past = None
+  if full_history and not train:
+    past = np.zeros((num, max(int(np.max(ends, initial=1)) - 1, 1)), np.int32)
+    for r, (u, end) in enumerate(zip(rows, ends)):
+      start = seqs.offsets[u]
+      past[r, : end - 1] = seqs.items[start : start + end - 1]
+  return Examples(ids, ts, targets, length, seqs.users[rows], past)
 
 
-def make_split(seqs: UserSequences, protocol: str, max_seq_len: int) -> Split:
+def make_split(
+    seqs: UserSequences, protocol: str, max_seq_len: int, history_filter: str = "window"
+) -> Split:
   """Leave-one-out splits by position.
 
   loo:   train on all but the last two events, validate on the second-to-last (history = all
@@ -151,14 +178,85 @@ def make_split(seqs: UserSequences, protocol: str, max_seq_len: int) -> Split:
   paper: the reference's shipped setting: train on all but the last, test on the last, no
          validation split.
   Users with too few events for the protocol (loo: 3, paper: 2) are left out.
+  history_filter: which past items the ranking removes: 'window' = the last max_seq_len the
+  model sees (generative-recommenders), 'all' = every past item (S3-Rec / TIGER on Amazon).
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+  if history_filter not in HISTORY_FILTERS:
+    raise ValueError(f"unknown history_filter {history_filter!r}; expected one of {HISTORY_FILTERS}")
+  full = history_filter == "all"
   lengths = seqs.lengths()
   held_out = 2 if protocol == "loo" else 1
   rows = np.flatnonzero(lengths >= held_out + 1)
   ln = lengths[rows]
   train = _examples(seqs, rows, ln - held_out, max_seq_len, train=True)
-  test = _examples(seqs, rows, ln, max_seq_len, train=False)
-  val = _examples(seqs, rows, ln - 1, max_seq_len, train=False) if protocol == "loo" else None
+  test = _examples(seqs, rows, ln, max_seq_len, train=False, full_history=full)
+  val = _examples(seqs, rows, ln - 1, max_seq_len, train=False, full_history=full) if protocol == "loo" else None
   return Split(train=train, val=val, test=test, protocol=protocol)
+
+
+def _keep_events(seqs: UserSequences, keep_T: np.ndarray) -> UserSequences:
+  """The same users with only the events where `keep_T` is true (order kept)."""
+  user_of_event = np.repeat(np.arange(seqs.num_users), seqs.lengths())
+  counts = np.bincount(user_of_event[keep_T], minlength=seqs.num_users)
+  return dataclasses.replace(
+      seqs,
+      offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+      items=seqs.items[keep_T],
+      timestamps=seqs.timestamps[keep_T],
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdStartSplit:
+  split: Split  # loo split; cold items appear only as val/test targets
+  cold_items: np.ndarray  # int64 sorted ids held out of training
+  warm_catalog: np.ndarray  # catalog minus cold items: what training may sample as negatives
+  test_cold_rows: np.ndarray  # rows of split.test whose target is a cold item
+  test_warm_rows: np.ndarray
+
+
+def choose_cold_items(catalog: np.ndarray, cold_frac: float, seed: int) -> np.ndarray:
+  """round(cold_frac * |catalog|) items drawn without replacement (seeded), sorted."""
+  if not 0.0 < cold_frac < 1.0:
+    raise ValueError(f"cold_frac must be in (0, 1), got {cold_frac}")
+  rng = np.random.default_rng(seed)
+  return np.sort(rng.choice(catalog, size=max(1, round(cold_frac * len(catalog))), replace=False))
+
+
+def cold_start_split(
+    seqs: UserSequences, max_seq_len: int, cold_items: np.ndarray, history_filter: str = "window"
+) -> ColdStartSplit:
+  """Leave-one-out where `cold_items` are never seen in training.
+
+  Cold items are removed from every training sequence and every history, so no model sees them
+  as input, target or sampled negative; they stay in the ranked catalog and can be val/test
+  targets. Each user's val/test targets are the same events as in `make_split(..., 'loo')`;
+  the test users are split by whether their target is cold.
+  """
+  cold = np.unique(np.asarray(cold_items, np.int64))
+  catalog = seqs.catalog
+  lengths = seqs.lengths()
+  idx_T = np.arange(len(seqs.items)) - np.repeat(seqs.offsets[:-1], lengths)  # position in user
+  len_T = np.repeat(lengths, lengths)
+  warm_T = ~np.isin(seqs.items, cold)
+  train_seqs = _keep_events(seqs, warm_T & (idx_T < len_T - 2))
+  val_seqs = _keep_events(seqs, (warm_T & (idx_T < len_T - 2)) | (idx_T == len_T - 2))
+  test_seqs = _keep_events(seqs, (warm_T & (idx_T < len_T - 1)) | (idx_T == len_T - 1))
+  full = history_filter == "all"
+  # Users need 3+ events and a non-empty warm history before the val target (else there is no
+  # state to rank from). One whose warm training prefix is a single event gets no training pair.
+  rows = np.flatnonzero((lengths >= 3) & (val_seqs.lengths() >= 2))
+  train = _examples(train_seqs, rows, train_seqs.lengths()[rows], max_seq_len, train=True)
+  val = _examples(val_seqs, rows, val_seqs.lengths()[rows], max_seq_len, train=False, full_history=full)
+  test = _examples(test_seqs, rows, test_seqs.lengths()[rows], max_seq_len, train=False, full_history=full)
+  test_target = test.targets_UxN[np.arange(len(test)), np.maximum(test.length_U - 1, 0)]
+  is_cold = np.isin(test_target, cold)
+  return ColdStartSplit(
+      split=Split(train=train, val=val, test=test, protocol="loo-cold"),
+      cold_items=cold,
+      warm_catalog=np.setdiff1d(catalog, cold),
+      test_cold_rows=np.flatnonzero(is_cold),
+      test_warm_rows=np.flatnonzero(~is_cold),
+  )

@@ -44,6 +44,8 @@ class Task:
   catalog: np.ndarray  # int ids that are ranked and sampled
   num_items: int  # item table rows
   item_text_emb: np.ndarray | None = None  # [num_items, 384] frozen text embeddings ('text' item features)
+  train_catalog: np.ndarray | None = None  # ids training may sample as negatives (default: catalog)
+  test_subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> test rows
 
 
 def make_mesh() -> Mesh:
@@ -51,6 +53,20 @@ def make_mesh() -> Mesh:
   return jax.make_mesh(
       (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
   )
+
+
+def check_divisible(cfg: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Batches are split over the mesh's devices: padded batches need sizes divisible by them
+  (packed batches have a multiple of 8 rows)."""
+  n = mesh.devices.size
+  if cfg.data.pack or n == 1:
+    return
+  for key in ("batch_size", "eval_batch_size"):
+    if cfg.train[key] % n:
+      raise ConfigError(
+          f"train.{key}={cfg.train[key]} is not divisible by the {n} devices the batch is split "
+          f"over (data.pack=False); change it, or set GENREC_HOST_DEVICES=1 on CPU"
+      )
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -195,8 +211,10 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
   split = task.split
   selection = "val" if split.val is not None else "test"
   mesh = make_mesh()
+  check_divisible(cfg, mesh)
   tx = make_optimizer(cfg)
-  catalog = jnp.asarray(task.catalog, jnp.int32)
+  train_catalog = task.catalog if task.train_catalog is None else task.train_catalog
+  catalog = jnp.asarray(train_catalog, jnp.int32)
   state = init_state(model, tx, cfg, jax.random.key(cfg.seed))
   state = jax.device_put(state, NamedSharding(mesh, P()))
   train_step = make_train_step(model, tx, cfg, catalog, mesh)
@@ -269,6 +287,7 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
   best_state, best_meta = ckpt.restore("best", state)
   val = evaluate(rank_fn, best_state["params"], selection_batches) if split.val is not None else None
   test = evaluate(rank_fn, best_state["params"], eval_batches(split.test, cfg, mesh))
+  subsets = _evaluate_test_subsets(rank_fn, best_state["params"], task, cfg, mesh)
   ckpt.close()
   results = {
       "experiment": cfg.experiment,
@@ -279,11 +298,20 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
       "wall_time_s": round(wall_before + time.time() - t_start, 1),
       "val": val,
       "test": test,
+      **subsets,
       "selection": "best val " + cfg.train.select_metric if selection == "val" else "last epoch",
       "config": cfg.to_dict(),
   }
   _write_json_atomic(workdir_p / "results.json", results)
   return results
+
+
+def _evaluate_test_subsets(rank_fn, params, task: Task, cfg, mesh) -> dict[str, dict[str, float]]:
+  """{'test_<name>': metrics over the test users of each named subset} (e.g. cold / warm)."""
+  return {
+      f"test_{name}": evaluate(rank_fn, params, eval_batches(task.split.test.subset(rows), cfg, mesh))
+      for name, rows in task.test_subsets.items()
+  }
 
 
 def evaluate_checkpoint(cfg, task: Task, workdir: str, which: str = "best") -> dict:
@@ -302,6 +330,7 @@ def evaluate_checkpoint(cfg, task: Task, workdir: str, which: str = "best") -> d
       "epoch": meta["epoch"],
       "val": evaluate(rank_fn, state["params"], eval_batches(split.val, cfg, mesh)) if split.val is not None else None,
       "test": evaluate(rank_fn, state["params"], eval_batches(split.test, cfg, mesh)),
+      **_evaluate_test_subsets(rank_fn, state["params"], task, cfg, mesh),
   }
   _write_json_atomic(pathlib.Path(workdir) / "eval.json", out)
   return out
