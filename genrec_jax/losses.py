@@ -128,6 +128,11 @@ def project_logit_scale(params: dict, max_value: float = LOGIT_SCALE_MAX) -> dic
   return {**params, LOGIT_SCALE: jnp.clip(params[LOGIT_SCALE], 0.0, max_value)}
 
 
+def _unit(x: Array, eps: float = 1e-6) -> Array:
+  """x / max(‖x‖₂, eps) over the last axis."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
 def infonce_loss(
     user_BxNxD: Array,
     pos_BxNxD: Array,
@@ -143,12 +148,10 @@ def infonce_loss(
   sampled negatives (HLLM all-gathers them over the global batch); weights_BxN: 1 at supervised
   positions. None of them needs to be normalised. logit_scale: the learnable θ (a scalar).
   """
-  eps = 1e-6
   # s = exp(clamp(θ, 0, ln 100))
   s = jnp.exp(clamp_logit_scale(logit_scale, max_logit_scale))
   # u = h/‖h‖,  p = e(i⁺)/‖e(i⁺)‖,  n_k = e(i_k)/‖e(i_k)‖
-  unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
-  u_BxNxD, p_BxNxD, n_KxD = unit(user_BxNxD), unit(pos_BxNxD), unit(neg_KxD)
+  u_BxNxD, p_BxNxD, n_KxD = _unit(user_BxNxD), _unit(pos_BxNxD), _unit(neg_KxD)
   # ℓ⁺ = s·cos(u, p),  ℓ_k = s·cos(u, n_k)
   pos_BxN = s * jnp.sum(u_BxNxD * p_BxNxD, axis=-1)
   neg_BxNxK = s * jnp.einsum("bnd,kd->bnk", u_BxNxD, n_KxD)
@@ -166,7 +169,5 @@ def infonce_kept_fraction(
 ) -> Array:
   """Mean over supervised positions of the fraction of negatives `infonce_loss` keeps
   (cos(positive, negative) ≤ threshold); HLLM logs the same count as `nce_samples`."""
-  eps = 1e-6
-  unit = lambda x: x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
-  kept_BxN = jnp.mean(jnp.einsum("bnd,kd->bnk", unit(pos_BxNxD), unit(neg_KxD)) <= threshold, axis=-1)
+  kept_BxN = jnp.mean(jnp.einsum("bnd,kd->bnk", _unit(pos_BxNxD), _unit(neg_KxD)) <= threshold, axis=-1)
   return _weighted_mean(kept_BxN.astype(weights_BxN.dtype), weights_BxN)

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from genrec_jax.nn.llama import LlamaBlock, LlamaConfig, RMSNorm, rope_cos_sin
+from genrec_jax.nn.llama import LlamaConfig, decoder_stack
 
 Array = jax.Array
 POOLINGS = ("item_token", "mean")
@@ -53,13 +53,7 @@ class LlamaStack(nn.Module):
   def __call__(self, x_BxLxD: Array, allowed_BxLxL: Array, positions_BxL: Array) -> Array:
     cfg = self.config
     k = cfg.num_layers if self.num_layers is None else self.num_layers
-    if not 0 <= k <= cfg.num_layers:
-      raise ValueError(f"num_layers={k}: the model has {cfg.num_layers} layers")
-    cos_BxLxd, sin_BxLxd = rope_cos_sin(positions_BxL, cfg.head_dim, cfg.rope_theta)
-    h_BxLxD = x_BxLxD
-    for i in range(k):
-      h_BxLxD = LlamaBlock(cfg, name=f"blk_{i}")(h_BxLxD, cos_BxLxd, sin_BxLxd, allowed_BxLxL)
-    return RMSNorm(cfg.rms_eps, name="output_norm")(h_BxLxD)
+    return decoder_stack(cfg, k, x_BxLxD, allowed_BxLxL, positions_BxL)
 
 
 def segment_causal_mask(seg_BxL: Array) -> Array:

@@ -183,6 +183,22 @@ class LlamaOutput(NamedTuple):
   logits_BxLxV: Array | None  # None when called with logits=False
 
 
+def decoder_stack(
+    cfg: LlamaConfig, num_layers: int, h_BxLxD: Array, allowed_BxLxL: Array, positions_BxL: Array
+) -> Array:
+  """The first `num_layers` blocks (blk_i) and the final RMSNorm (output_norm) over h.
+
+  Call it inside a compact method: the blocks become submodules of the calling module, so
+  `Llama` and HLLM's `LlamaStack` share one parameter layout.
+  """
+  if not 0 <= num_layers <= cfg.num_layers:
+    raise ValueError(f"num_layers={num_layers}: the model has {cfg.num_layers} layers")
+  cos_BxLxd, sin_BxLxd = rope_cos_sin(positions_BxL, cfg.head_dim, cfg.rope_theta)
+  for i in range(num_layers):
+    h_BxLxD = LlamaBlock(cfg, name=f"blk_{i}")(h_BxLxD, cos_BxLxd, sin_BxLxd, allowed_BxLxL)
+  return RMSNorm(cfg.rms_eps, name="output_norm")(h_BxLxD)
+
+
 class Llama(nn.Module):
   """Llama decoder with a tied output head.
 
@@ -215,8 +231,6 @@ class Llama(nn.Module):
     """
     cfg = self.config
     k = cfg.num_layers if self.num_layers is None else self.num_layers
-    if not 0 <= k <= cfg.num_layers:
-      raise ValueError(f"num_layers={k}: the model has {cfg.num_layers} layers")
     if (tokens_BxL is None) == (inputs_embeds_BxLxD is None):
       raise ValueError("pass exactly one of tokens_BxL and inputs_embeds_BxLxD")
     token_embd = nn.Embed(
@@ -231,11 +245,7 @@ class Llama(nn.Module):
       mask_BxL = jnp.ones((b, n), dtype=bool)
     if positions_BxL is None:
       positions_BxL = jnp.maximum(jnp.cumsum(mask_BxL.astype(jnp.int32), axis=1) - 1, 0)
-    cos_BxLxd, sin_BxLxd = rope_cos_sin(positions_BxL, cfg.head_dim, cfg.rope_theta)
-    allowed_BxLxL = causal_padding_mask(mask_BxL)
-    for i in range(k):
-      h_BxLxD = LlamaBlock(cfg, name=f"blk_{i}")(h_BxLxD, cos_BxLxd, sin_BxLxd, allowed_BxLxL)
-    h_BxLxD = RMSNorm(cfg.rms_eps, name="output_norm")(h_BxLxD)
+    h_BxLxD = decoder_stack(cfg, k, h_BxLxD, causal_padding_mask(mask_BxL), positions_BxL)
     # logits = h Eᵀ (tied output head).
     return LlamaOutput(h_BxLxD, token_embd.attend(h_BxLxD) if logits else None)
 
