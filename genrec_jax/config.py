@@ -26,6 +26,10 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.data.protocol = "loo"  # 'loo' (train/val/test) or 'paper' (train/test, no validation)
   c.data.max_seq_len = 200
   c.data.download = False
+  # MovieLens from 'files' (data_dir, movielens.py) or 'tfds': a prepared TFDS movielens/<v>-ratings
+  # and -movies (ml-100k, ml-1m) in tfds_data_dir ('' = TFDS's default); data/tfds_source.py.
+  c.data.source = "files"
+  c.data.tfds_data_dir = ""
   # Pack several users into one row of max_seq_len tokens (same loss, ~half the tokens on ML-1M).
   c.data.pack = True
   # Past items removed from the full ranking: 'window' = the max_seq_len items the model sees
@@ -34,6 +38,10 @@ def sequential_config() -> ml_collections.ConfigDict:
   # > 0: cold-start split: this fraction of the catalog (seeded by `seed`) is held out of training
   # entirely and reported separately as test targets (results.json: test_cold, test_warm).
   c.data.cold_start_frac = 0.0
+  # HSTU Stochastic Length (training only): > 0 shortens a sequence of n > N^{α/2} tokens to
+  # N^{α/2} random tokens with probability 1 - N^α/n² (N = max_seq_len); 0 = off. See
+  # data/pipeline.py stochastic_length_examples.
+  c.data.stochastic_length_alpha = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "hstu"
@@ -49,14 +57,21 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.model.attn_norm_len = 211
   c.model.num_buckets = 128
   c.model.use_time_bias = True
+  # HSTU attention: 'dense' ([B, H, N, N] scores) or 'blockwise' (same outputs, tiles of
+  # attention_block × attention_block, O(N·block) activation memory; nn/hstu.py).
+  c.model.attention_impl = "dense"
+  c.model.attention_block = 128
   # Item vectors (input and output table): 'id' (learned table), 'text' (a learned projection of
   # frozen all-MiniLM-L6-v2 embeddings of the item text, data/text.py; MovieLens only) or
   # 'id+text' (both, combined by `fusion`: 'sum' | 'concat' | 'gate'). See models/sequential.py.
   c.model.item_features = "id"
   c.model.fusion = "sum"
+  # 'cosine': unit user states and item vectors (generative-recommenders); 'dot': raw dot product
+  # after a final layer norm (the original SASRec, for loss.name='bce').
+  c.model.score = "cosine"
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "sampled_softmax"  # or 'full_softmax'
+  c.loss.name = "sampled_softmax"  # or 'full_softmax', or 'bce' (the original SASRec's loss)
   c.loss.num_negatives = 128
   c.loss.temperature = 0.05
   c.loss.impl = "gather"  # 'gather' | 'dense': two exact implementations, pick the faster
@@ -68,12 +83,20 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.train.b1 = 0.9
   c.train.b2 = 0.98
   c.train.weight_decay = 0.0
+  c.train.grad_clip_norm = 0.0  # > 0: clip gradients to this global L2 norm first; 0 = off
   c.train.patience = 0  # early stopping on val NDCG@10 after this many epochs without gain; 0 = off
   c.train.eval_batch_size = 256
   c.train.select_metric = "ndcg@10"
   # PRNG for dropout masks and negatives: 'threefry2x32' (JAX default) or 'rbg' (XLA's
   # RngBitGenerator: cheaper on CPU). Both are deterministic for a seed on a given backend.
   c.train.rng_impl = "threefry2x32"
+
+  # Device mesh ('data', 'model') and logical partition rules (train/mesh.py). 'vocab' -> 'model'
+  # with model > 1 splits the item table's rows over 'model' (sharded.py scores them in place).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices the batch is split over; -1: all devices left after `model`
+  c.mesh.model = 1  # devices the item table's rows are split over
+  c.mesh.rules = (("vocab", "model"), ("embed", None))  # logical axis -> mesh axis; others replicated
 
   c.paper = ml_collections.ConfigDict()  # published test numbers, printed next to ours
   return c
@@ -99,7 +122,9 @@ def hllm_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   c.hllm = ml_collections.ConfigDict()
   c.hllm.mode = "frozen"  # 'frozen' (cached item embeddings, trainer.fit) | 'e2e' (train/hllm.py)
-  c.hllm.item_llm = "smollm2-135m"
+  c.hllm.item_llm = "smollm2-135m"  # or 'scratch' (e2e: a random Llama of the model.user_* size)
+  c.hllm.tokenizer_vocab = 2000  # 'scratch': sentencepiece pieces trained on the item texts
+  c.hllm.tokenizer_type = "unigram"  # 'scratch': sentencepiece 'unigram' | 'bpe'
   c.hllm.item_layers = 8  # first k of SmolLM2's 30 blocks
   c.hllm.pooling = "item_token"  # HLLM item_emb_token_n=1; 'mean' = item_emb_token_n=0
   c.hllm.max_text_len = 64  # HLLM MAX_TEXT_LENGTH (yaml default; its Books scripts use 256)

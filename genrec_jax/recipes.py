@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 import ml_collections
 
-from genrec_jax import report
+from genrec_jax import distributed, report
 from genrec_jax.config import ConfigError
 from genrec_jax.data import text
 from genrec_jax.data.registry import load_task
@@ -26,9 +26,12 @@ def run_sequential(
   wd = pathlib.Path(workdir)
   if eval_only:
     out = trainer.evaluate_checkpoint(cfg, task, workdir)
-    print(report.comparison_table(out, cfg.paper.to_dict() or None))
+    if distributed.is_main_process():
+      print(report.comparison_table(out, cfg.paper.to_dict() or None))
     return out
   results = trainer.fit(cfg, task, workdir, resume=resume)
+  if not distributed.is_main_process():  # process 0 writes the report and prints
+    return results
   table = report.comparison_table(results, cfg.paper.to_dict() or None)
   history = trainer.RunLog(wd).history()
   report.plot_curve(history, wd / "val_ndcg10.png")

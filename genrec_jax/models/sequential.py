@@ -2,8 +2,11 @@
 
 Input pre-processing as the reference's LearnablePositionalEmbeddingInputFeaturesPreprocessor:
   x = Dropout(E[ids] · √D + P[pos]) ⊙ valid_mask
-Output post-processing: u = y / max(‖y‖₂, 1e-6). Items are scored by cosine similarity, so the
-item table is L2-normalised the same way (`item_table`).
+Output post-processing (`model.score`):
+  'cosine'  u = y / max(‖y‖₂, 1e-6), and the item table is L2-normalised the same way
+            (`item_table`): items are scored by cosine similarity (generative-recommenders).
+  'dot'     u = LayerNorm(y) (affine), raw item vectors: items are scored by dot product, as the
+            original SASRec (its last layer norm, logits = u · E[i]) trained with BCE.
 
 Item vectors E (`model.item_features`; the same E feeds the input above and the output table):
   'id'       E = E_id                                    (learned table; the default)
@@ -29,12 +32,13 @@ import ml_collections
 import numpy as np
 
 from genrec_jax.config import ConfigError
-from genrec_jax.nn.hstu import HSTUEncoder
+from genrec_jax.nn.hstu import ATTENTION_IMPLS, HSTUEncoder
 from genrec_jax.nn.transformer import SASRecEncoder
 
 Array = jax.Array
 ITEM_FEATURES = ("id", "text", "id+text")
 FUSIONS = ("sum", "concat", "gate")
+SCORES = ("cosine", "dot")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,6 +86,10 @@ class SequentialRecommender(nn.Module):
   item_features: str = "id"  # 'id' | 'text' | 'id+text' (see the module docstring)
   fusion: str = "sum"  # 'sum' | 'concat' | 'gate', used by 'id+text'
   text_emb: FrozenArray | None = None  # [num_items, text_dim] frozen text embeddings T
+  score: str = "cosine"  # 'cosine' | 'dot' (see the module docstring)
+  # Logical axes of params by name (train/mesh.py maps them to mesh axes with cfg.mesh.rules; others
+  # are replicated). A table, not nn.with_logical_partitioning boxes, so model.init's params stay arrays.
+  PARAM_AXES = {"item_emb": ("vocab", "embed")}
 
   def setup(self):
     d = self.embed_dim
@@ -108,10 +116,14 @@ class SequentialRecommender(nn.Module):
       pos_init = truncated_normal_2sigma(math.sqrt(1.0 / d))
     self.pos_emb = self.param("pos_emb", pos_init, (self.max_len, d))
     self.dropout = nn.Dropout(self.input_dropout)
+    if self.score not in SCORES:
+      raise ValueError(f"score {self.score!r} not in {SCORES}")
+    if self.score == "dot":
+      self.out_norm = nn.LayerNorm(epsilon=1e-8)
 
   def __call__(self, batch: dict[str, Array], deterministic: bool = True) -> Array:
-    """User states at every token of a model batch (see data/pipeline.py), [B, N, D], unit norm,
-    zero at padding."""
+    """User states at every token of a model batch (see data/pipeline.py), [B, N, D], unit norm
+    ('cosine') or layer-normed ('dot'), zero at padding."""
     ids_BxN, seg_BxN = batch["ids"], batch["seg"]
     mask_BxN = seg_BxN != 0
     x_BxNxD = self.item_vectors()[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[batch["pos"]]
@@ -120,6 +132,8 @@ class SequentialRecommender(nn.Module):
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, batch["ts_query"], batch["ts_key"], deterministic)
     else:
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, deterministic)
+    if self.score == "dot":
+      return self.out_norm(y_BxNxD) * mask_BxN[..., None]
     return l2_normalize(y_BxNxD) * mask_BxN[..., None]
 
   def item_vectors(self) -> Array:
@@ -140,7 +154,9 @@ class SequentialRecommender(nn.Module):
     return g_D * e_VxD + (1.0 - g_D) * t_VxD
 
   def item_table(self) -> Array:
-    """L2-normalised item vectors, [num_items, D]."""
+    """The vectors users are scored against, [num_items, D]: L2-normalised ('cosine') or raw ('dot')."""
+    if self.score == "dot":
+      return self.item_vectors()
     return l2_normalize(self.item_vectors())
 
 
@@ -159,6 +175,9 @@ def build_model(
     return build_hllm_recommender(cfg, num_items, text_emb)
   features = m.get("item_features", "id")
   fusion = m.get("fusion", "sum")
+  score = m.get("score", "cosine")
+  if score not in SCORES:
+    raise ConfigError(f"unknown model.score {score!r}; expected one of {SCORES}")
   if features not in ITEM_FEATURES:
     raise ConfigError(f"unknown model.item_features {features!r}; expected one of {ITEM_FEATURES}")
   if fusion not in FUSIONS:
@@ -174,6 +193,11 @@ def build_model(
       raise ValueError(f"text_emb has shape {np.shape(text_emb)}; expected [{num_items}, text_dim]")
     frozen = FrozenArray(text_emb)
   if m.name == "hstu":
+    impl, block = m.get("attention_impl", "dense"), m.get("attention_block", 128)
+    if impl not in ATTENTION_IMPLS:
+      raise ConfigError(f"unknown model.attention_impl {impl!r}; expected one of {ATTENTION_IMPLS}")
+    if not isinstance(block, int) or block < 1:
+      raise ConfigError(f"model.attention_block must be a positive int, got {block!r}")
     encoder: Any = HSTUEncoder(
         num_blocks=m.num_blocks,
         num_heads=m.num_heads,
@@ -183,6 +207,8 @@ def build_model(
         attn_norm_len=m.attn_norm_len or cfg.data.max_seq_len,
         num_buckets=m.num_buckets,
         use_time_bias=m.use_time_bias,
+        attention_impl=impl,
+        attention_block=block,
     )
     pos_init = "xavier_normal"
   elif m.name == "sasrec":
@@ -205,4 +231,5 @@ def build_model(
       item_features=features,
       fusion=fusion,
       text_emb=frozen,
+      score=score,
   )

@@ -13,6 +13,13 @@ Toeplitz position bias plus a learned bias over log-bucketed time gaps.
 Dense layout with segments: a row holds one or more users' sequences (segment ids, 0 = padding);
 a query attends to keys j <= i of its own segment, so each user's outputs equal the reference's
 jagged computation exactly, whether the row is padded or packed.
+
+Two exact implementations of the attention (`attention_impl`): 'dense' materialises the
+[B, H, N, N] scores; 'blockwise' (`blockwise_attention`) accumulates A·V over query blocks ×
+key blocks: the forward holds one [B, H, block, block] tile at a time, the backward recomputes
+one query block at a time (its row of tiles, O(N·block)). Pointwise attention needs no running
+softmax statistics, so the tiles simply add up. Dropout acts on U ⊙ Norm(AV), never on A, so
+both paths draw the same dropout masks and give the same outputs and gradients.
 """
 
 from __future__ import annotations
@@ -79,6 +86,96 @@ def _broadcast_rows_bwd(b, _, g_BxNxM):
 broadcast_rows.defvjp(_broadcast_rows_fwd, _broadcast_rows_bwd)
 
 
+ATTENTION_IMPLS = ("dense", "blockwise")
+
+
+def _to_blocks(x_BxNxF: Array, block: int) -> Array:
+  """[B, N, ...] zero-padded to a multiple of `block` and split: [N/block, B, block, ...]."""
+  b, n = x_BxNxF.shape[:2]
+  nb = -(-n // block)
+  pad = [(0, 0), (0, nb * block - n)] + [(0, 0)] * (x_BxNxF.ndim - 2)
+  x = jnp.pad(x_BxNxF, pad).reshape(b, nb, block, *x_BxNxF.shape[2:])
+  return jnp.moveaxis(x, 1, 0)
+
+
+def blockwise_attention(
+    q_BxNxHxQ: Array,
+    k_BxNxHxQ: Array,
+    v_BxNxHxV: Array,
+    seg_BxN: Array,
+    pos_w: Array,
+    ts_w: Array | None,
+    ts_query_BxN: Array | None,
+    ts_key_BxN: Array | None,
+    attn_norm_len: int,
+    block: int = 128,
+    num_buckets: int = 128,
+) -> Array:
+  """HSTU attention A·V, tile by tile; equals the dense path (same masks, same rab).
+
+    out[qb] = Σ_{kb ≤ qb} SiLU(Q_qb K_kbᵀ + rab_{qb,kb}) / n ⊙ mask_{qb,kb} · V_kb
+
+  rab_{qb,kb}[i, j] = pos_w[N - 1 + j - i] + ts_w[bucket(tq[i] - tk[j])] is built per tile from
+  the weights (`ts_w` None: position bias only), mask = (j ≤ i) & (seg[i] == seg[j]). A scan runs
+  over query blocks; for each, a scan over key blocks skips (lax.cond) the tiles above the
+  causal diagonal. Each query block's computation is rematerialised in the backward pass
+  (jax.checkpoint), so reverse mode stores only the inputs plus one query block's tiles
+  (O(N·block)) instead of the [B, H, N, N] scores. N need not divide by `block` (zero padding;
+  padded keys lie above the diagonal of every real query). Returns [B, N, H, V].
+  """
+  b, n, h, _ = q_BxNxHxQ.shape
+  block = min(block, n)
+  use_time = ts_w is not None and ts_query_BxN is not None
+  if not use_time:  # dummy timestamps keep one code path; the time term is then skipped
+    ts_query_BxN = ts_key_BxN = jnp.zeros((b, n), jnp.int32)
+  q_blocks = _to_blocks(q_BxNxHxQ, block)  # [nb, B, blk, H, Q]
+  k_blocks = _to_blocks(k_BxNxHxQ, block)
+  v_blocks = _to_blocks(v_BxNxHxV, block)
+  seg_blocks = _to_blocks(seg_BxN, block)
+  tq_blocks = _to_blocks(ts_query_BxN.astype(jnp.int32), block)
+  tk_blocks = _to_blocks(ts_key_BxN.astype(jnp.int32), block)
+  nb = q_blocks.shape[0]
+  idx = jnp.arange(block)
+
+  def tile(qb, q_BxbxHxQ, seg_q_Bxb, tq_Bxb, kb, k_BxbxHxQ, v_BxbxHxV, seg_k_Bxb, tk_Bxb):
+    """A·V of one (query block, key block) tile: [B, blk, H, V]."""
+    i = qb * block + idx  # global query positions
+    j = kb * block + idx  # global key positions
+    # rab^{p,t} = w_pos[N - 1 + j - i] + w_time[bucket]; entries off the mask are never used.
+    rab_bxb = jnp.take(pos_w, n - 1 + j[None, :] - i[:, None], mode="clip")
+    rab_Bxbxb = broadcast_rows(rab_bxb, b)
+    if use_time:
+      rab_Bxbxb = rab_Bxbxb + ts_w[time_buckets(tq_Bxb, tk_Bxb, num_buckets)]
+    mask_Bxbxb = (j[None, :] <= i[:, None])[None] & (seg_q_Bxb[:, :, None] == seg_k_Bxb[:, None, :])
+    s_BxHxbxb = jnp.einsum("bnhd,bmhd->bhnm", q_BxbxHxQ, k_BxbxHxQ) + rab_Bxbxb[:, None]
+    a_BxHxbxb = jnp.where(mask_Bxbxb[:, None], jax.nn.silu(s_BxHxbxb) / attn_norm_len, 0.0)
+    return jnp.einsum("bhnm,bmhd->bnhd", a_BxHxbxb, v_BxbxHxV)
+
+  @jax.checkpoint
+  def query_block(qb, q_BxbxHxQ, seg_q_Bxb, tq_Bxb):
+    def over_keys(acc_BxbxHxV, key):
+      kb = key[0]
+      acc_BxbxHxV = jax.lax.cond(
+          kb <= qb,  # tiles above the causal diagonal are all masked: skip them
+          lambda a: a + tile(qb, q_BxbxHxQ, seg_q_Bxb, tq_Bxb, *key),
+          lambda a: a,
+          acc_BxbxHxV,
+      )
+      return acc_BxbxHxV, None
+
+    acc0 = jnp.zeros(q_BxbxHxQ.shape[:3] + v_blocks.shape[-1:], v_blocks.dtype)
+    keys = (jnp.arange(nb), k_blocks, v_blocks, seg_blocks, tk_blocks)
+    acc_BxbxHxV, _ = jax.lax.scan(over_keys, acc0, keys)
+    return acc_BxbxHxV
+
+  def over_queries(_, query):
+    return None, query_block(*query)
+
+  _, out_blocks = jax.lax.scan(over_queries, None, (jnp.arange(nb), q_blocks, seg_blocks, tq_blocks))
+  out_BxNpxHxV = jnp.moveaxis(out_blocks, 0, 1).reshape(b, nb * block, h, -1)
+  return out_BxNpxHxV[:, :n]
+
+
 class RelativeBucketedTimeAndPositionBias(nn.Module):
   """rab^{p,t}[b, i, j] = w_pos[N - 1 + j - i] + w_time[bucket[b, i, j]]."""
 
@@ -99,6 +196,22 @@ class RelativeBucketedTimeAndPositionBias(nn.Module):
     return bias_BxNxN + ts_w[buckets_BxNxN]
 
 
+class RelativeBiasWeights(nn.Module):
+  """The weights of RelativeBucketedTimeAndPositionBias (same names and init), not expanded to
+  [B, N, N]: the blockwise path builds rab one tile at a time. Returns (pos_w, ts_w or None)."""
+
+  max_len: int
+  num_buckets: int = 128
+  use_time: bool = True
+
+  @nn.compact
+  def __call__(self) -> tuple[Array, Array | None]:
+    init = nn.initializers.normal(stddev=0.02)
+    pos_w = self.param("pos_w", init, (2 * self.max_len - 1,))
+    ts_w = self.param("ts_w", init, (self.num_buckets + 1,)) if self.use_time else None
+    return pos_w, ts_w
+
+
 class HSTULayer(nn.Module):
   """One HSTU block (pointwise aggregated attention + gating, residual)."""
 
@@ -110,11 +223,21 @@ class HSTULayer(nn.Module):
   num_buckets: int = 128
   use_time_bias: bool = True
   eps: float = 1e-6
+  attention_impl: str = "dense"  # 'dense' | 'blockwise' (same outputs, O(N·block) memory)
+  attention_block: int = 128
 
   @nn.compact
   def __call__(
-      self, x_BxNxD: Array, buckets_BxNxN: Array | None, mask_BxNxN: Array, deterministic: bool
+      self,
+      x_BxNxD: Array,
+      buckets_BxNxN: Array | None,
+      mask_BxNxN: Array | None,
+      deterministic: bool,
+      seg_BxN: Array | None = None,
+      ts_query_BxN: Array | None = None,
+      ts_key_BxN: Array | None = None,
   ) -> Array:
+    """Dense reads `buckets_BxNxN` and `mask_BxNxN`; blockwise reads `seg_BxN` and the timestamps."""
     b, n, d = x_BxNxD.shape
     h, dqk, dv = self.num_heads, self.dqk, self.dv
     # U, V, Q, K = Split(φ1(f1(X))), f1 bias-free, φ1 = SiLU on the whole projection.
@@ -128,16 +251,29 @@ class HSTULayer(nn.Module):
     v_BxNxHxV = v_BxNxHV.reshape(b, n, h, dv)
 
     # A = φ2(QKᵀ + rab^{p,t}) / n, causal within the sequence; φ2 = SiLU.
-    rab = RelativeBucketedTimeAndPositionBias(
-        max_len=n, num_buckets=self.num_buckets, use_time=self.use_time_bias, name="rab"
-    )(buckets_BxNxN, b)
-    qk_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q_BxNxHxQ, k_BxNxHxQ) + rab[:, None]
-    attn_BxHxNxN = jnp.where(
-        mask_BxNxN[:, None], jax.nn.silu(qk_BxHxNxN) / self.attn_norm_len, 0.0
-    )
-    # Heads-major V so the [N, N] x [N, dv] products read A row-major (no transposed copy of A).
-    av_BxHxNxV = jnp.einsum("bhnm,bhmd->bhnd", attn_BxHxNxN, v_BxNxHxV.transpose(0, 2, 1, 3))
-    av_BxNxHV = av_BxHxNxV.transpose(0, 2, 1, 3).reshape(b, n, h * dv)
+    if self.attention_impl == "blockwise":
+      pos_w, ts_w = RelativeBiasWeights(
+          max_len=n, num_buckets=self.num_buckets, name="rab",
+          use_time=self.use_time_bias and ts_query_BxN is not None,
+      )()
+      av_BxNxHxV = blockwise_attention(
+          q_BxNxHxQ, k_BxNxHxQ, v_BxNxHxV, seg_BxN, pos_w, ts_w, ts_query_BxN, ts_key_BxN,
+          self.attn_norm_len, self.attention_block, self.num_buckets,
+      )
+      av_BxNxHV = av_BxNxHxV.reshape(b, n, h * dv)
+    elif self.attention_impl == "dense":
+      rab = RelativeBucketedTimeAndPositionBias(
+          max_len=n, num_buckets=self.num_buckets, use_time=self.use_time_bias, name="rab"
+      )(buckets_BxNxN, b)
+      qk_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q_BxNxHxQ, k_BxNxHxQ) + rab[:, None]
+      attn_BxHxNxN = jnp.where(
+          mask_BxNxN[:, None], jax.nn.silu(qk_BxHxNxN) / self.attn_norm_len, 0.0
+      )
+      # Heads-major V so the [N, N] x [N, dv] products read A row-major (no transposed copy of A).
+      av_BxHxNxV = jnp.einsum("bhnm,bhmd->bhnd", attn_BxHxNxN, v_BxNxHxV.transpose(0, 2, 1, 3))
+      av_BxNxHV = av_BxHxNxV.transpose(0, 2, 1, 3).reshape(b, n, h * dv)
+    else:
+      raise ValueError(f"unknown attention_impl {self.attention_impl!r}; expected {ATTENTION_IMPLS}")
 
     # Y = f2(Dropout(U ⊙ Norm(AV))) + X.
     o_BxNxHV = u_BxNxHV * layer_norm(av_BxNxHV, self.eps)
@@ -162,6 +298,8 @@ class HSTUEncoder(nn.Module):
   attn_norm_len: int
   num_buckets: int = 128
   use_time_bias: bool = True
+  attention_impl: str = "dense"
+  attention_block: int = 128
 
   @nn.compact
   def __call__(
@@ -172,10 +310,11 @@ class HSTUEncoder(nn.Module):
       ts_key_BxN: Array | None,
       deterministic: bool,
   ) -> Array:
-    mask_BxNxN = attention_mask(seg_BxN)
-    buckets = None
-    if self.use_time_bias and ts_query_BxN is not None:
-      buckets = time_buckets(ts_query_BxN, ts_key_BxN, self.num_buckets)
+    mask_BxNxN = buckets = None
+    if self.attention_impl == "dense":  # blockwise builds masks and buckets tile by tile
+      mask_BxNxN = attention_mask(seg_BxN)
+      if self.use_time_bias and ts_query_BxN is not None:
+        buckets = time_buckets(ts_query_BxN, ts_key_BxN, self.num_buckets)
     for i in range(self.num_blocks):
       x_BxNxD = HSTULayer(
           num_heads=self.num_heads,
@@ -185,6 +324,8 @@ class HSTUEncoder(nn.Module):
           attn_norm_len=self.attn_norm_len,
           num_buckets=self.num_buckets,
           use_time_bias=self.use_time_bias,
+          attention_impl=self.attention_impl,
+          attention_block=self.attention_block,
           name=f"layer_{i}",
-      )(x_BxNxD, buckets, mask_BxNxN, deterministic)
+      )(x_BxNxD, buckets, mask_BxNxN, deterministic, seg_BxN, ts_query_BxN, ts_key_BxN)
     return x_BxNxD

@@ -7,6 +7,12 @@ save we record the SHA-256 of every file of the step in `genrec_manifest.json`; 
 it first, so a truncated or bit-flipped checkpoint is reported as corrupt instead of silently
 loaded. Resuming falls back to the previous `latest` step if the newest fails verification (a
 kill between the save and its manifest); `best` never falls back.
+
+Multi-process runs: every process calls save / restore (Orbax coordinates them; the state is
+replicated, so its arrays are written once) and each process's grain iterator state is its own
+file (`data/process_<i>-of-<n>.json`). The manifest is written by process 0 after all processes
+finished writing, and every process waits for it before going on. WORKDIR must be a filesystem
+shared by all hosts.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+
+from genrec_jax import distributed
 
 MANIFEST = "genrec_manifest.json"
 
@@ -83,7 +91,10 @@ class Checkpoints:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     mngr.save(step, args=ocp.args.Composite(**items), force=True)
     mngr.wait_until_finished()
-    _write_manifest(root_step_dir(mngr, step))
+    distributed.sync(f"genrec_ckpt_{which}_{step}_written")
+    if distributed.is_main_process():
+      _write_manifest(root_step_dir(mngr, step))
+    distributed.sync(f"genrec_ckpt_{which}_{step}_manifest")
 
   def latest_step(self, which: str) -> int | None:
     return getattr(self, which).latest_step()
@@ -103,7 +114,8 @@ class Checkpoints:
       except CorruptCheckpointError as e:
         if which != "latest" or i == len(steps) - 1:
           raise
-        print(f"warning: {e}\nfalling back to {which} step {steps[i + 1]}")
+        if distributed.is_main_process():
+          print(f"warning: {e}\nfalling back to {which} step {steps[i + 1]}")
     items = {"state": ocp.args.StandardRestore(target_state), "meta": ocp.args.JsonRestore()}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)

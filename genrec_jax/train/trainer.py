@@ -1,9 +1,10 @@
 """Fit / evaluate loop for sequential recommenders.
 
 The train step is one jitted pure function of (state, batch, key) over a `jax.sharding.Mesh`
-(batch sharded on 'data', parameters replicated). Its PRNG key is fold_in(seed, step) and batch k
-is a pure function of (seed, k), so a run resumed from a checkpoint continues exactly as an
-uninterrupted one would.
+('data', 'model') built from cfg.mesh (train/mesh.py): batch sharded on 'data', parameters
+replicated unless cfg.mesh.rules split them (the item table's rows over 'model'). Its PRNG key
+is fold_in(seed, step) and batch k is a pure function of (seed, k), so a run resumed from a
+checkpoint continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import optax
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from genrec_jax import losses, metrics
+from genrec_jax import distributed, losses, metrics, sharded
 from genrec_jax.config import ConfigError
 from genrec_jax.data import pipeline
 from genrec_jax.data.sequences import Examples, Split
 from genrec_jax.models.sequential import SequentialRecommender, build_model
+from genrec_jax.train import mesh as mesh_lib
 from genrec_jax.train.checkpoint import Checkpoints
 
 Array = jax.Array
 State = dict[str, Any]  # {'params', 'opt_state', 'step'}
-LOSSES = ("sampled_softmax", "full_softmax", "infonce")  # infonce: HLLM (losses.infonce_loss)
+# infonce: HLLM (losses.infonce_loss); bce: the original SASRec (one negative per position)
+LOSSES = ("sampled_softmax", "full_softmax", "infonce", "bce")
 MODEL_KEYS = ("ids", "targets", "ts_key", "ts_query", "pos", "seg")  # what the model reads
 
 
@@ -48,43 +51,80 @@ class Task:
   test_subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> test rows
 
 
-def make_mesh() -> Mesh:
-  """A 1-D data-parallel mesh over all devices (auto sharding propagation)."""
-  return jax.make_mesh(
-      (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
+def make_mesh(cfg: ml_collections.ConfigDict | None = None) -> Mesh:
+  """The ('data', 'model') mesh of cfg.mesh over all devices (train/mesh.py); without a config
+  (or cfg.mesh), data-parallel over all of them: (devices, 1)."""
+  return mesh_lib.build_mesh(cfg)
 
 
 def check_divisible(cfg: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  """Batches are split over the mesh's devices: padded batches need sizes divisible by them
-  (packed batches have a multiple of 8 rows)."""
-  n = mesh.devices.size
+  """Batches are split over the mesh's 'data' axis: padded batches need sizes divisible by it
+  (packed batches have a multiple of 8 rows). A row-sharded item table needs a model it covers."""
+  if mesh_lib.items_sharded(cfg, mesh):
+    mesh_lib.check_sharded_model(cfg)
+  n = mesh.shape["data"]
   if cfg.data.pack or n == 1:
     return
   for key in ("batch_size", "eval_batch_size"):
     if cfg.train[key] % n:
       raise ConfigError(
           f"train.{key}={cfg.train[key]} is not divisible by the {n} devices the batch is split "
-          f"over (data.pack=False); change it, or set GENREC_HOST_DEVICES=1 on CPU"
+          f"over (mesh 'data' axis, data.pack=False); change it, or set GENREC_HOST_DEVICES=1 on CPU"
       )
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   t = cfg.train
-  return optax.adamw(t.learning_rate, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay)
+  return with_grad_clip(cfg, optax.adamw(t.learning_rate, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay))
 
 
-def init_state(model: SequentialRecommender, tx, cfg, key: Array) -> State:
+def with_grad_clip(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """g <- g · min(1, c / ‖g‖₂) over all parameters before `tx` when train.grad_clip_norm = c > 0."""
+  c = cfg.train.get("grad_clip_norm", 0.0)
+  if c < 0:
+    raise ConfigError(f"train.grad_clip_norm must be >= 0 (0 = off), got {c}")
+  return optax.chain(optax.clip_by_global_norm(c), tx) if c > 0 else tx
+
+
+def _init_fn(model: SequentialRecommender, tx, cfg) -> Callable[[Array], State]:
   n = cfg.data.max_seq_len
   dummy = {k: jnp.zeros((1, n), jnp.int32) for k in MODEL_KEYS}
-  params = jax.jit(model.init)({"params": key}, dummy)["params"]
-  if cfg.loss.name == "infonce":  # HLLM's learnable logit scale θ, owned by the loss
-    params = {**params, losses.LOGIT_SCALE: jnp.asarray(losses.LOGIT_SCALE_INIT, jnp.float32)}
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  def init(key: Array) -> State:
+    params = model.init({"params": key}, dummy)["params"]
+    if cfg.loss.name == "infonce":  # HLLM's learnable logit scale θ, owned by the loss
+      params = {**params, losses.LOGIT_SCALE: jnp.asarray(losses.LOGIT_SCALE_INIT, jnp.float32)}
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  return init
 
 
-def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
+def state_shardings(model: SequentialRecommender, tx, cfg, mesh: Mesh) -> Any:
+  """NamedShardings of the train state: the model's PARAM_AXES through cfg.mesh.rules (params and
+  their Adam moments alike), everything else replicated."""
+  abstract = jax.eval_shape(_init_fn(model, tx, cfg), jax.random.key(0))
+  return mesh_lib.state_shardings(abstract, getattr(model, "PARAM_AXES", {}), cfg, mesh)
+
+
+def init_state(model: SequentialRecommender, tx, cfg, key: Array, mesh: Mesh | None = None) -> State:
+  """{'params', 'opt_state', 'step'}. With a mesh, every array is created under jit directly in
+  its NamedSharding (`state_shardings`): a row-sharded table never exists whole on one device."""
+  init = _init_fn(model, tx, cfg)
+  if mesh is None:
+    return jax.jit(init)(key)
+  if mesh_lib.items_sharded(cfg, mesh) and model.num_items % mesh.shape["model"]:
+    raise ConfigError(f"the item table has {model.num_items} rows, not a multiple of mesh.model="
+                      f"{mesh.shape['model']}; build the model with mesh.table_rows(num_items, cfg, mesh)")
+  return jax.jit(init, out_shardings=state_shardings(model, tx, cfg, mesh))(key)
+
+
+def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array, mesh: Mesh | None = None) -> Callable:
+  """(params, batch, key) -> loss. When cfg.mesh row-shards the item table over `mesh`, the
+  softmax losses score it in place with explicit collectives (genrec_jax/sharded.py)."""
   lc = cfg.loss
+  items_mesh = mesh if mesh_lib.items_sharded(cfg, mesh) else None
+  if items_mesh is not None:
+    mesh_lib.check_sharded_model(cfg)
 
   def loss_fn(params, batch, key):
     k_drop, k_neg = jax.random.split(key)
@@ -95,10 +135,19 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
     targets_BxN = batch["targets"]
     if lc.name == "sampled_softmax":
       offs = losses.sample_negatives(k_neg, targets_BxN.shape, lc.num_negatives, catalog.shape[0])
+      if items_mesh is not None:  # the same loss; 'impl' does not apply (always a local gather)
+        return sharded.sampled_softmax_loss(
+            user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, items_mesh
+        )
       return losses.sampled_softmax_loss(
           user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, impl=lc.impl
       )
     if lc.name == "full_softmax":
+      if items_mesh is not None:  # softmax over the catalog = the rows marked in candidate_V
+        candidate_V = jnp.zeros((table_VxD.shape[0],), bool).at[catalog].set(True)
+        return sharded.full_softmax_loss(
+            user_BxNxD, targets_BxN, table_VxD, candidate_V, lc.temperature, items_mesh
+        )
       return losses.full_softmax_loss(user_BxNxD, targets_BxN, table_VxD, catalog, lc.temperature)
     if lc.name == "infonce":
       # HLLM: one pool of K negatives, uniform over the catalog, shared by every position.
@@ -108,15 +157,23 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array) -> Callable:
           user_BxNxD, table_VxD[targets_BxN], table_VxD[catalog[offs_K]], weights_BxN,
           params[losses.LOGIT_SCALE], lc.get("nce_threshold", losses.NCE_THRESHOLD),
       )
+    if lc.name == "bce":
+      if items_mesh is not None:
+        raise ConfigError("loss.name='bce' has no row-sharded item table path; use mesh.model=1")
+      offs_BxN = jax.random.randint(k_neg, targets_BxN.shape, 0, catalog.shape[0])
+      return losses.bce_loss(user_BxNxD, targets_BxN, table_VxD, catalog[offs_BxN], lc.temperature)
     raise ConfigError(f"unknown loss {lc.name!r}; expected one of {LOSSES}")
 
   return loss_fn
 
 
 def make_train_step(model, tx, cfg, catalog: Array, mesh: Mesh) -> Callable:
-  loss_fn = make_loss_fn(model, cfg, catalog)
+  """Jitted, state-donating (state, batch) -> (state, loss); the state keeps the shardings of
+  `state_shardings` (replicated unless cfg.mesh.rules split a param)."""
+  loss_fn = make_loss_fn(model, cfg, catalog, mesh)
   base_key = jax.random.key(cfg.seed, impl=cfg.train.rng_impl)
   replicated = NamedSharding(mesh, P())
+  state_sharding = state_shardings(model, tx, cfg, mesh)
 
   def step(state: State, batch: dict[str, Array]) -> tuple[State, Array]:
     key = jax.random.fold_in(base_key, state["step"])
@@ -126,11 +183,15 @@ def make_train_step(model, tx, cfg, catalog: Array, mesh: Mesh) -> Callable:
     params = losses.project_logit_scale(params)  # HLLM clamps θ to [0, ln 100] (no-op without θ)
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
 
-  return jax.jit(step, donate_argnums=(0,), out_shardings=(replicated, replicated))
+  return jax.jit(step, donate_argnums=(0,), out_shardings=(state_sharding, replicated))
 
 
-def make_rank_fn(model, catalog: np.ndarray, num_items: int) -> Callable:
-  """Jitted (params, eval batch) -> 1-based full-ranking rank of each user's target [U]."""
+def make_rank_fn(model, catalog: np.ndarray, num_items: int, mesh: Mesh | None = None, cfg=None) -> Callable:
+  """Jitted (params, eval batch) -> 1-based full-ranking rank of each user's target [U].
+
+  num_items: rows of the item table. When cfg.mesh row-shards the table over `mesh`, the ranks are
+  counted per block and psum'd (genrec_jax/sharded.py)."""
+  items_mesh = mesh if mesh_lib.items_sharded(cfg, mesh) else None
   candidate_V = np.zeros((num_items,), bool)
   candidate_V[catalog] = True
   candidate_V = jnp.asarray(candidate_V)
@@ -141,55 +202,71 @@ def make_rank_fn(model, catalog: np.ndarray, num_items: int) -> Callable:
     user_RxNxD = model.apply({"params": params}, model_batch, deterministic=True)
     user_UxD = user_RxNxD[batch["user_row"], batch["user_last"]]
     table_VxD = model.apply({"params": params}, method=model.item_table)
+    if items_mesh is not None:
+      return sharded.target_ranks(
+          user_UxD, batch["target"], batch["history"], table_VxD, candidate_V, items_mesh
+      )
     return metrics.target_ranks(user_UxD, batch["target"], batch["history"], table_VxD, candidate_V)
 
   return rank
 
 
 def to_device(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
-  sharding = NamedSharding(mesh, P("data"))
+  """This process's rows of a batch (`distributed.data_shard`; all rows for one process) ->
+  global arrays sharded on 'data'."""
   out = {}
   for k, v in batch.items():
     if v.dtype == np.int64:
       if len(v) and (v.max() >= 2**31 or v.min() < -(2**31)):
         raise ValueError(f"batch field {k!r} does not fit int32")
       v = v.astype(np.int32)
-    out[k] = jax.device_put(v, sharding)
-  return out
+    out[k] = v
+  return distributed.global_batch(out, mesh)
 
 
 EvalBatches = list[tuple[dict[str, Array], int]]
 
 
 def eval_batches(examples: Examples, cfg: ml_collections.ConfigDict, mesh: Mesh) -> EvalBatches:
-  """Evaluation batches built once and kept on the device(s) for every later evaluation."""
-  host = pipeline.eval_batches(examples, cfg.train.eval_batch_size, packed=cfg.data.pack)
+  """Evaluation batches built once and kept on the device(s) for every later evaluation
+  (each process holds its block of rows and users of every batch)."""
+  shard = distributed.data_shard(mesh)
+  host = pipeline.eval_batches(examples, cfg.train.eval_batch_size, packed=cfg.data.pack,
+                               row_multiple=pipeline.row_multiple(shard[2]), shard=shard)
   return [(to_device(batch, mesh), n) for batch, n in host]
 
 
 def evaluate(rank_fn, params, batches: EvalBatches) -> dict[str, float]:
+  """Metrics over all users; every process gathers the ranks of all of them (same result)."""
   acc = metrics.RankingAccumulator()
   for batch, n in batches:
-    acc.add(np.asarray(rank_fn(params, batch))[:n])
+    acc.add(distributed.to_host(rank_fn(params, batch))[:n])
   return acc.result()
 
 
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  """Writes on process 0 only (the others hold the same results)."""
+  if not distributed.is_main_process():
+    return
   tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
   tmp.rename(path)
 
 
 class RunLog:
-  """Per-epoch metrics to JSONL and TensorBoard."""
+  """Per-epoch metrics to JSONL and TensorBoard, written by process 0 only (all may read)."""
 
   def __init__(self, workdir: pathlib.Path):
-    from tensorboardX import SummaryWriter  # optional heavy import kept local
-
     self.jsonl = workdir / "metrics.jsonl"
-    self.tb = SummaryWriter(str(workdir / "tensorboard"))
+    self.writes = distributed.is_main_process()
+    if self.writes:
+      from tensorboardX import SummaryWriter  # optional heavy import kept local
+
+      self.tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, record: dict[str, Any]) -> None:
+    if not self.writes:
+      return
     with self.jsonl.open("a") as f:
       f.write(json.dumps(record) + "\n")
     step = record["step"]
@@ -207,6 +284,8 @@ class RunLog:
 
   def truncate_after(self, epoch: int) -> None:
     """Drops records of epochs > `epoch` (written after the checkpoint we resume from)."""
+    if not self.writes:
+      return
     keep = [r for r in self.history() if r["epoch"] <= epoch]
     self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
@@ -214,28 +293,32 @@ class RunLog:
 def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool = False) -> dict:
   """Trains with per-epoch validation, keeps the best checkpoint, evaluates test once."""
   t_start = time.time()
-  model = build_model(cfg, task.num_items, task.item_text_emb)  # config errors surface before anything is written
+  mesh = make_mesh(cfg)  # mesh and model config errors surface before anything is written
+  check_divisible(cfg, mesh)
+  rows = mesh_lib.table_rows(task.num_items, cfg, mesh)  # + padding rows when the table is row-sharded
+  model = build_model(cfg, rows, task.item_text_emb)
   if cfg.loss.name not in LOSSES:
     raise ConfigError(f"unknown loss {cfg.loss.name!r}; expected one of {LOSSES}")
   workdir_p = pathlib.Path(workdir)
   workdir_p.mkdir(parents=True, exist_ok=True)
   split = task.split
   selection = "val" if split.val is not None else "test"
-  mesh = make_mesh()
-  check_divisible(cfg, mesh)
   tx = make_optimizer(cfg)
   train_catalog = task.catalog if task.train_catalog is None else task.train_catalog
   catalog = jnp.asarray(train_catalog, jnp.int32)
-  state = init_state(model, tx, cfg, jax.random.key(cfg.seed))
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = init_state(model, tx, cfg, jax.random.key(cfg.seed), mesh)
   train_step = make_train_step(model, tx, cfg, catalog, mesh)
-  rank_fn = make_rank_fn(model, task.catalog, task.num_items)
+  rank_fn = make_rank_fn(model, task.catalog, rows, mesh, cfg)
   selection_batches = eval_batches(split.val if split.val is not None else split.test, cfg, mesh)
 
   bs = cfg.train.batch_size
   spe = pipeline.steps_per_epoch(len(split.train), bs)
   total_steps = spe * cfg.train.num_epochs
-  data_iter = pipeline.train_iterator(split.train, bs, cfg.seed, total_steps, packed=cfg.data.pack)
+  shard = distributed.data_shard(mesh)  # each process builds its rows of every global batch
+  data_iter = pipeline.train_iterator(split.train, bs, cfg.seed, total_steps, packed=cfg.data.pack,
+                                      shard=shard, rows_multiple=pipeline.row_multiple(shard[2]),
+                                      stochastic_length_alpha=cfg.data.get("stochastic_length_alpha", 0.0))
+  say = print if distributed.is_main_process() else lambda *a, **k: None
   ckpt = Checkpoints(workdir_p)
   meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}
   has_run = ckpt.latest_step("latest") is not None or (workdir_p / "metrics.jsonl").exists()
@@ -243,13 +326,14 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
     raise FileExistsError(
         f"{workdir_p} already holds a run. Pass --resume to continue it, or choose another --workdir."
     )
+  distributed.sync("genrec_fit_start")  # every process has checked the workdir before any writes
   log = RunLog(workdir_p)
   if ckpt.latest_step("latest") is not None:
     state, meta = ckpt.restore("latest", state, data_iter)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    print(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
+    state = jax.device_put(state, state_shardings(model, tx, cfg, mesh))
+    say(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
   elif resume:
-    print(f"--resume: no checkpoint in {workdir_p}; starting from epoch 1")
+    say(f"--resume: no checkpoint in {workdir_p}; starting from epoch 1")
   log.truncate_after(meta["epoch"])  # drop records written after the checkpoint we start from
   wall_before = meta["wall_time_s"]
 
@@ -257,7 +341,7 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
     t_epoch = time.time()
     losses_dev = []
     bar = tqdm.tqdm(range(spe), desc=f"epoch {epoch}/{cfg.train.num_epochs}", leave=False,
-                    dynamic_ncols=True, mininterval=2.0)
+                    dynamic_ncols=True, mininterval=2.0, disable=not distributed.is_main_process())
     for i in bar:
       state, loss = train_step(state, to_device(next(data_iter), mesh))
       # One step in flight at a time: with several CPU devices, a step dispatched while the
@@ -284,14 +368,14 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
       meta.update(best_epoch=epoch, best_metric=score)
       ckpt.save("best", epoch, state, meta)
     ckpt.save("latest", epoch, state, meta, data_iter)
-    print(
+    say(
         f"epoch {epoch:3d}  loss {train_loss:.4f}  {selection} ndcg@10 {score:.4f} "
         f"hr@10 {record[selection]['hr@10']:.4f}  best {meta['best_metric']:.4f}@{meta['best_epoch']}"
         f"  {record['epoch_time_s']:.1f}s",
         flush=True,
     )
     if cfg.train.patience and epoch - meta["best_epoch"] >= cfg.train.patience:
-      print(f"early stop: no {selection} {cfg.train.select_metric} gain for {cfg.train.patience} epochs")
+      say(f"early stop: no {selection} {cfg.train.select_metric} gain for {cfg.train.patience} epochs")
       break
 
   # Test once, on the selected checkpoint.
@@ -327,14 +411,16 @@ def _evaluate_test_subsets(rank_fn, params, task: Task, cfg, mesh) -> dict[str, 
 
 def evaluate_checkpoint(cfg, task: Task, workdir: str, which: str = "best") -> dict:
   """Reloads a checkpoint and reports validation and test metrics (eval-only mode)."""
-  mesh = make_mesh()
-  model = build_model(cfg, task.num_items, task.item_text_emb)
+  mesh = make_mesh(cfg)
+  check_divisible(cfg, mesh)
+  rows = mesh_lib.table_rows(task.num_items, cfg, mesh)
+  model = build_model(cfg, rows, task.item_text_emb)
   tx = make_optimizer(cfg)
-  state = init_state(model, tx, cfg, jax.random.key(cfg.seed))
+  state = init_state(model, tx, cfg, jax.random.key(cfg.seed), mesh)  # restored into these shardings
   ckpt = Checkpoints(workdir)
   state, meta = ckpt.restore(which, state)
   ckpt.close()
-  rank_fn = make_rank_fn(model, task.catalog, task.num_items)
+  rank_fn = make_rank_fn(model, task.catalog, rows, mesh, cfg)
   split = task.split
   out = {
       "checkpoint": which,
