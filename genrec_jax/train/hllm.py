@@ -10,6 +10,8 @@ One step (bytedance/HLLM hllm.py forward, trainset.py):
      token and the logit scale θ (clamped to [0, ln 100] after every update, as HLLM's clamp_).
 Optimiser as HLLM's LLM_deepspeed.yaml: AdamW (lr, weight decay from cfg.train), linear warm-up
 over hllm.warmup_frac of the steps then cosine decay to 0 (HF get_cosine_schedule_with_warmup).
+Optional global-norm gradient clipping (train.grad_clip_norm; HLLM's trainer defines
+clip_grad_norm = 1.0, but its training loop, as published, never applies it, so the default is off).
 
 Evaluation is the spine's (trainer.evaluate: full ranking, HR/NDCG, history filter): the current
 item LLM embeds the whole catalog once, the user LLM reads each evaluation history. Checkpoints,
@@ -49,18 +51,25 @@ State = dict[str, Any]
 # ------------------------------------------------------------------------------- the model
 
 
-def build_e2e(cfg: ml_collections.ConfigDict, key: Array, pretrained=None):
+def build_e2e(cfg: ml_collections.ConfigDict, key: Array, pretrained=None, texts=None):
   """(model, params, tokenizer): HLLM with both LLMs truncated, initialised from SmolLM2.
 
   pretrained: a LlamaCheckpoint to use instead of loading SmolLM2 (tests pass tiny random ones).
   The user LLM is SmolLM2's first model.user_layers blocks with model.user_init='smollm2' (HLLM:
   both LLMs from pretrained checkpoints), or random with the same architecture ('random').
+  hllm.item_llm='scratch': both LLMs random (models/hllm.py scratch_llama), the tokenizer a
+  sentencepiece model trained on `texts`.
   """
   h, m = cfg.hllm, cfg.model
   init = m.get("user_init", "smollm2")
   if init not in hllm_models.USER_INITS:
     raise ConfigError(f"unknown model.user_init {init!r}; expected one of {hllm_models.USER_INITS}")
-  if pretrained is None:
+  k_scratch = jax.random.fold_in(key, 1)  # (key itself still splits into the item/user keys)
+  if pretrained is None and h.item_llm == hllm_models.SCRATCH:
+    if texts is None:
+      raise ValueError("hllm.item_llm='scratch' trains its tokenizer on the item texts: pass texts")
+    pretrained = hllm_models.scratch_llama(cfg, texts, k_scratch)
+  elif pretrained is None:
     pretrained = hllm_models.load_pretrained_llama(h.item_llm, max(h.item_layers, m.user_layers))
   arch: LlamaConfig = pretrained.config
   for what, k in (("hllm.item_layers", h.item_layers), ("model.user_layers", m.user_layers)):
@@ -90,7 +99,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
   t, h = cfg.train, cfg.hllm
   warmup = int(round(h.warmup_frac * h.num_steps))
   schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, warmup, h.num_steps, 0.0)
-  return optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay)
+  return trainer.with_grad_clip(cfg, optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay))
 
 
 # ------------------------------------------------------------------------------ the batches
@@ -236,7 +245,7 @@ def fit_e2e(
     raise FileExistsError(
         f"{workdir_p} already holds a run. Pass --resume to continue it, or choose another --workdir."
     )
-  model, params, tokenizer = build_e2e(cfg, jax.random.key(cfg.seed), pretrained)
+  model, params, tokenizer = build_e2e(cfg, jax.random.key(cfg.seed), pretrained, texts)
   tokens_VxT, length_V = hllm_models.tokenize_items(
       tokenizer, texts, h.max_text_len, h.pooling == "item_token")
   workdir_p.mkdir(parents=True, exist_ok=True)
