@@ -104,6 +104,23 @@ def full_softmax_loss(
   return _weighted_mean(loss_BxN, weights_BxN)
 
 
+def bce_loss(
+    user_BxNxD: Array, targets_BxN: Array, table_VxD: Array, neg_ids_BxN: Array, temperature: float = 1.0
+) -> Array:
+  """The original SASRec's binary cross-entropy with one sampled negative per position.
+
+    r⁺ = <u_t, E[i_{t+1}]> / τ,   r⁻ = <u_t, E[j_t]> / τ
+    L  = mean over supervised t of  −log σ(r⁺) − log(1 − σ(r⁻)) = softplus(−r⁺) + softplus(r⁻)
+  A negative equal to the positive contributes no negative term (SASRec samples j outside the
+  user's whole sequence; we sample from the catalog and drop the rare collision with the target).
+  """
+  weights_BxN = (targets_BxN != 0).astype(user_BxNxD.dtype)
+  pos_BxN = jnp.sum(user_BxNxD * table_VxD[targets_BxN], axis=-1) / temperature
+  neg_BxN = jnp.sum(user_BxNxD * table_VxD[neg_ids_BxN], axis=-1) / temperature
+  neg_term_BxN = jnp.where(neg_ids_BxN == targets_BxN, 0.0, jax.nn.softplus(neg_BxN))
+  return _weighted_mean(jax.nn.softplus(-pos_BxN) + neg_term_BxN, weights_BxN)
+
+
 # --- InfoNCE with a learnable logit scale (HLLM, arXiv 2409.12740; bytedance/HLLM hllm.py nce_loss) ---
 
 LOGIT_SCALE = "logit_scale"  # top-level param name of the learnable log logit scale θ
@@ -171,3 +188,98 @@ def infonce_kept_fraction(
   (cos(positive, negative) ≤ threshold); HLLM logs the same count as `nce_samples`."""
   kept_BxN = jnp.mean(jnp.einsum("bnd,kd->bnk", _unit(pos_BxNxD), _unit(neg_KxD)) <= threshold, axis=-1)
   return _weighted_mean(kept_BxN.astype(weights_BxN.dtype), weights_BxN)
+
+
+# --- Collaborative-filtering towers (MF-BPR, two-tower retrieval, YouTubeDNN; models/towers.py) ---
+
+
+def bpr_loss(pos_B: Array, neg_B: Array) -> Array:
+  """BPR (Rendle et al. 2009): mean over pairs of −log σ(s_ui − s_uj) = softplus(s_uj − s_ui).
+
+  pos_B, neg_B: scores of the observed item i and of the sampled negative j for each (u, i, j).
+  The L2 term of BPR-Opt is `l2_penalty` over the same rows, added by the caller.
+  """
+  return jnp.mean(jax.nn.softplus(neg_B - pos_B))
+
+
+def l2_penalty(*rows: Array) -> Array:
+  """Σ over the given embedding rows of ‖row‖² / (number of rows of the first): BPR's λ‖Θ‖² term,
+  taken (as in Rendle's SGD) only over the parameters of the sampled triples, averaged per triple."""
+  return sum(jnp.sum(jnp.square(r)) for r in rows) / rows[0].shape[0]
+
+
+def in_batch_softmax_loss(
+    user_BxD: Array,
+    item_BxD: Array,
+    log_q_B: Array | None,
+    temperature: float,
+    extra_negatives: tuple[Array, Array | None, Array | None] | None = None,
+    *,
+    item_ids_B: Array | None = None,
+    in_batch: bool = True,
+) -> Array:
+  """Batch softmax with logQ correction (Yi et al., RecSys 2019), optionally mixed negatives.
+
+  Row b's positive is item_BxD[b]; its negatives are the other rows' items (in-batch) and, with
+  `extra_negatives = (neg_KxD, log_q_K, neg_ids_K)`, K items sampled from the catalog (mixed
+  negative sampling, Yang et al. WWW 2020). Every candidate's logit is corrected by its own log
+  sampling probability:
+    s(u_b, v_j) = <u_b, v_j> / τ − log q_j
+    L = mean_b [ −s(u_b, v_b) + log( Σ_{j ∈ batch} e^{s(u_b, v_j)} + Σ_{k ≤ K} e^{s(u_b, v_k)} ) ]
+  log_q_B / log_q_K: log of each candidate's expected count among that step's negatives (in-batch:
+  ≈ B·p_j; uniform: K/|C|), so both kinds are on one scale; None = no correction (q ≡ 1).
+  item_ids_B / neg_ids_K: when given, a negative that is the row's own positive item (an
+  in-batch duplicate or a sampled hit) is masked out. `in_batch=False` keeps only the diagonal
+  (the positive) of the in-batch block: a plain sampled softmax over `extra_negatives`.
+  """
+  b = user_BxD.shape[0]
+  logits_BxB = user_BxD @ item_BxD.T / temperature
+  if log_q_B is not None:
+    logits_BxB = logits_BxB - log_q_B[None, :]
+  diag_BxB = jnp.eye(b, dtype=bool)
+  keep_BxB = diag_BxB if not in_batch else jnp.ones((b, b), bool)
+  if item_ids_B is not None:  # an in-batch copy of the row's own positive is not a negative
+    keep_BxB = keep_BxB & ((item_ids_B[:, None] != item_ids_B[None, :]) | diag_BxB)
+  logits_BxB = jnp.where(keep_BxB, logits_BxB, MASKED_LOGIT)
+  pos_B = jnp.diagonal(logits_BxB)
+  all_logits = [logits_BxB]
+  if extra_negatives is not None:
+    neg_KxD, log_q_K, neg_ids_K = extra_negatives
+    logits_BxK = user_BxD @ neg_KxD.T / temperature
+    if log_q_K is not None:
+      logits_BxK = logits_BxK - log_q_K[None, :]
+    if neg_ids_K is not None and item_ids_B is not None:
+      logits_BxK = jnp.where(neg_ids_K[None, :] == item_ids_B[:, None], MASKED_LOGIT, logits_BxK)
+    all_logits.append(logits_BxK)
+  logits_BxC = jnp.concatenate(all_logits, axis=1)
+  return jnp.mean(jax.nn.logsumexp(logits_BxC, axis=1) - pos_B)
+
+
+def streaming_frequency_update(
+    last_step_V: Array, delta_V: Array, ids_B: Array, step: Array, alpha: float
+) -> tuple[Array, Array]:
+  """Yi et al. 2019, Algorithm 1 (streaming frequency estimation), with the item id as its hash.
+
+  For every item j in the batch of global step t:
+    δ_j ← (1 − α)·δ_j + α·(t − A_j),   A_j ← t
+  δ_j estimates the number of steps between two occurrences of j, so j appears in a batch with
+  probability q_j ≈ 1/δ_j (`streaming_log_q` gives log q_j = −log δ_j). Duplicates in the batch
+  write the same value. Returns the new (A, δ).
+  """
+  step = step.astype(delta_V.dtype)
+  new_delta_B = (1.0 - alpha) * delta_V[ids_B] + alpha * (step - last_step_V[ids_B])
+  return last_step_V.at[ids_B].set(step), delta_V.at[ids_B].set(new_delta_B)
+
+
+def streaming_log_q(delta_V: Array, ids_B: Array) -> Array:
+  """log q_j = −log δ_j, the per-batch sampling probability of `streaming_frequency_update`."""
+  return -jnp.log(jnp.maximum(delta_V[ids_B], 1.0))
+
+
+def empirical_log_q(item_counts_V: np.ndarray, batch_size: int) -> np.ndarray:
+  """log q_j = log(B · n_j / Σ n): log of item j's expected count in a batch of B training pairs
+  drawn uniformly from the stream (n_j: j's count among the training positives). Items never
+  seen get the count of one occurrence, so the table stays finite. float32 [V]."""
+  counts = np.maximum(np.asarray(item_counts_V, np.float64), 1.0)
+  total = max(float(np.sum(item_counts_V)), 1.0)
+  return np.log(batch_size * counts / total).astype(np.float32)

@@ -149,3 +149,28 @@ def test_sample_negatives_shape_and_range():
   assert len(np.unique(offs)) == 11  # 640 draws over 11 values hit all of them
   again = np.asarray(losses.sample_negatives(jax.random.key(0), (4, 5), 32, 11))
   np.testing.assert_array_equal(offs, again)
+
+
+def test_bce_loss_matches_numpy_with_target_collisions():
+  rng = np.random.default_rng(3)
+  b, n, d, v = 3, 5, 4, 9
+  user = rng.normal(size=(b, n, d)).astype(np.float32)
+  table = rng.normal(size=(v, d)).astype(np.float32)
+  targets = rng.integers(0, v, size=(b, n))
+  targets[0, :2] = 0  # unsupervised positions
+  neg = rng.integers(1, v, size=(b, n))
+  neg[1, 1] = targets[1, 1]  # a collision: no negative term there
+  tau = 0.5
+  sig = lambda x: 1.0 / (1.0 + np.exp(-x))
+  total, count = 0.0, 0
+  for i in range(b):
+    for t in range(n):
+      if targets[i, t] == 0:
+        continue
+      pos = user[i, t] @ table[targets[i, t]] / tau
+      term = -np.log(sig(pos))
+      if neg[i, t] != targets[i, t]:
+        term += -np.log(1.0 - sig(user[i, t] @ table[neg[i, t]] / tau))
+      total, count = total + term, count + 1
+  got = losses.bce_loss(jnp.asarray(user), jnp.asarray(targets), jnp.asarray(table), jnp.asarray(neg), tau)
+  np.testing.assert_allclose(float(got), total / count, rtol=1e-5)

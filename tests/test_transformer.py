@@ -143,3 +143,33 @@ def test_sasrec_model_forward_matches_numpy_padded_and_packed():
       y = np_sasrec(x, seg, params["encoder"], 2, 2)
       norm = np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-6)
       np.testing.assert_allclose(got[r], y / norm * (seg != 0)[:, None], rtol=1e-4, atol=2e-5)
+
+
+def test_sasrec_dot_score_is_final_affine_layer_norm_and_raw_table():
+  """model.score='dot' (the original SASRec with BCE): u = LN(y)·γ + β, items scored by E[i]."""
+  cfg = get_config()
+  cfg.model.name = "sasrec"
+  cfg.model.score = "dot"
+  cfg.data.max_seq_len = 5
+  cfg.model.embed_dim = 8
+  cfg.model.num_blocks = 1
+  cfg.model.num_heads = 1
+  cfg.model.ffn_hidden_dim = 8
+  num_items = 9
+  model = build_model(cfg, num_items)
+  lengths = np.array([5, 2], np.int32)
+  ids = np.array([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]], np.int32)
+  ex = Examples(ids, np.zeros((2, 6), np.int64), ids.copy(), lengths, np.arange(2))
+  batch = {k: jnp.asarray(v, jnp.int32) for k, v in pipeline.padded_to_model(ex.take(np.arange(2))).items()}
+  params = perturb(model.init({"params": jax.random.key(0)}, batch)["params"], 3, 0.4)
+  got = np.asarray(model.apply({"params": params}, batch, deterministic=True))
+  emb, pos = np.asarray(params["item_emb"], np.float64), np.asarray(params["pos_emb"], np.float64)
+  gamma, beta = np.asarray(params["out_norm"]["scale"]), np.asarray(params["out_norm"]["bias"])
+  for r in range(2):
+    seg = np.asarray(batch["seg"][r])
+    x = (emb[ids[r]] * math.sqrt(8) + pos[np.asarray(batch["pos"][r])]) * (seg != 0)[:, None]
+    y = np_sasrec(x, seg, params["encoder"], 1, 1)
+    want = (np_layer_norm(y, 1e-8) * gamma + beta) * (seg != 0)[:, None]
+    np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=2e-5)
+  table = np.asarray(model.apply({"params": params}, method=model.item_table))
+  np.testing.assert_allclose(table, emb, rtol=1e-6)  # not normalised

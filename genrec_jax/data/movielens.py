@@ -641,3 +641,88 @@ def _fetch(url: str, out, algorithm: str, urlopen, chunk_bytes: int) -> tuple[in
         f"elsewhere and put it in the data directory."
     ) from e
   return size, hasher.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Users (demographics): ml-1m users.dat, ml-100k u.user
+# ----------------------------------------------------------------------------------------------
+
+# The user file of each dataset that has one, and its format.
+_USER_FILES: Mapping[str, tuple[str, str]] = types.MappingProxyType({
+    "ml-100k": ("u.user", "uuser"),
+    "ml-1m": ("users.dat", "dat"),
+})
+ML1M_AGE_GROUPS = (1, 18, 25, 35, 45, 50, 56)  # users.dat's age codes (lower bound of the group)
+
+
+@dataclasses.dataclass(frozen=True)
+class Users:
+  """The users file of a dataset, in file order."""
+
+  user: np.ndarray  # int64 [U] user ids
+  gender: tuple[str, ...]  # 'M' | 'F'
+  age: np.ndarray  # int64 [U]: ml-1m the age-group code (ML1M_AGE_GROUPS), ml-100k years
+  occupation: tuple[str, ...]  # ml-1m the code '0'..'20', ml-100k the name (e.g. 'writer')
+  zip_code: tuple[str, ...]  # as written (may be non-US, e.g. 'T8H1N')
+  source: str
+
+  def __len__(self) -> int:
+    return len(self.user)
+
+
+def load_users(data_dir: PathLike, name: str, *, download: bool = False) -> Users:
+  """Loads the user demographics of `name` (ml-1m users.dat or ml-100k u.user)."""
+  if name not in _USER_FILES:
+    raise ValueError(f"MovieLens {name} has no users file; only {', '.join(_USER_FILES)} do.")
+  location = resolve_dataset_dir(data_dir, name, download=download)
+  filename, fmt = _USER_FILES[name]
+  source = _dataset_file(location, name, filename)
+  if location.is_dir() and not os.path.isfile(source):
+    raise DatasetNotFoundError(f"MovieLens {name}: {source} not found; it comes with the official "
+                               f"{name}.zip ({URL_TEMPLATE.format(name=name)}).")
+  return read_users_file(source, fmt)
+
+
+def read_users_file(path: PathLike, fmt: str) -> Users:
+  """Reads a users file (or 'archive.zip:member') in format 'dat' or 'uuser'.
+
+  dat (ml-1m): `UserID::Gender::Age::Occupation::Zip-code`, age and occupation integer codes;
+  uuser (ml-100k): `user id|age|gender|occupation|zip code`, age in years, occupation a name.
+  The first bad line raises `DataFormatError` with the file and line number.
+  """
+  if fmt not in ("dat", "uuser"):
+    raise ValueError(f"Unknown users format {fmt!r}; expected 'dat' or 'uuser'.")
+  data, label = _read_source(path)
+  sep = "::" if fmt == "dat" else "|"
+  users, genders, ages, occupations, zips = [], [], [], [], []
+  seen: dict[int, int] = {}
+  for number, line in enumerate(_text_lines(data.decode("latin-1"), label), start=1):
+    fields = line.split(sep)
+    if len(fields) != 5:
+      raise DataFormatError(label, number, f"expected 5 fields separated by {sep!r}, found {len(fields)}", line)
+    if fmt == "dat":
+      uid, gender, age, occupation, zip_code = fields
+    else:
+      uid, age, gender, occupation, zip_code = fields
+    if not (uid.isascii() and uid.isdigit()) or int(uid) == 0:
+      raise DataFormatError(label, number, "the user id must be a positive integer", line)
+    if int(uid) in seen:
+      raise DataFormatError(label, number, f"user {int(uid)} is listed twice (first on line {seen[int(uid)]})", line)
+    if gender not in ("M", "F"):
+      raise DataFormatError(label, number, f"the gender must be 'M' or 'F', found {gender!r}", line)
+    if not (age.isascii() and age.isdigit()):
+      raise DataFormatError(label, number, "the age must be a non-negative integer", line)
+    if fmt == "dat" and int(age) not in ML1M_AGE_GROUPS:
+      raise DataFormatError(label, number, f"the age code must be one of {ML1M_AGE_GROUPS}", line)
+    if fmt == "dat" and not (occupation.isascii() and occupation.isdigit() and int(occupation) <= 20):
+      raise DataFormatError(label, number, "the occupation must be a code 0..20", line)
+    if not occupation.strip() or not zip_code.strip():
+      raise DataFormatError(label, number, "the occupation and zip code must not be empty", line)
+    seen[int(uid)] = number
+    users.append(int(uid))
+    genders.append(gender)
+    ages.append(int(age))
+    occupations.append(occupation.strip())
+    zips.append(zip_code.strip())
+  return Users(np.asarray(users, np.int64), tuple(genders), np.asarray(ages, np.int64),
+               tuple(occupations), tuple(zips), label)
