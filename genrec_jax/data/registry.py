@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from genrec_jax.config import ConfigError
-from genrec_jax.data import amazon, movielens
+from genrec_jax.data import amazon, movielens, tfds_source
 from genrec_jax.data.sequences import HISTORY_FILTERS, choose_cold_items, cold_start_split, group_by_user, make_split
 from genrec_jax.train.trainer import Task
 
@@ -20,9 +20,10 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   only see positions there, so it must be off (`model.use_time_bias=False`).
   """
   name = cfg.data.dataset
+  if cfg.data.get("source", "files") != "files" and name not in movielens.DATASETS:
+    raise ConfigError(f"data.source={cfg.data.source!r} is for MovieLens; {name!r} is read from files")
   if name in movielens.DATASETS:
-    ratings = movielens.load_ratings(data_dir, name, download=cfg.data.download)
-    movies = movielens.load_movies(data_dir, name, download=cfg.data.download)
+    ratings, movies = tfds_source.load_movielens(cfg.data, data_dir)  # data.source: files | tfds
     seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp, catalog=movies.item)
   elif name in amazon.DATASETS:
     if cfg.model.name == "hstu" and cfg.model.get("use_time_bias", False):
