@@ -11,32 +11,25 @@ item text is tokenized by a sentencepiece unigram model trained on the ML-1M ite
 
 from __future__ import annotations
 
-from genrec_jax import cli, config, recipes
+from genrec_jax import cli, recipes
+from experiments import hllm_e2e_movielens
 
 
 def get_config():
-  c = config.hllm_fields(config.sequential_config())
+  c = hllm_e2e_movielens.get_config()  # mode e2e, mean pooling, HLLM's InfoNCE and schedule
   c.experiment = "hllm_scratch_movielens"
-  c.hllm.mode = "e2e"
   c.hllm.item_llm = "scratch"
   c.hllm.tokenizer_vocab = 2000
   c.hllm.item_layers = 2
-  c.hllm.pooling = "mean"
-  c.hllm.max_text_len = 64
   c.hllm.prompt = ""  # no instruction prompt for a model that never saw instructions
   c.hllm.num_steps = 2000
   c.hllm.eval_every = 500
   c.hllm.log_every = 50
   c.model.user_init = "random"
-  c.model.user_layers = 2
-  c.model.user_hidden = 64
-  c.model.user_heads = 4
-  c.model.user_kv_heads = 2
-  c.model.user_ffn = 256
+  c.model.user_layers = 2  # width 64, 4 heads / 2 KV heads, FFN 256: hllm_fields' random user LLM
   c.data.max_seq_len = 50
   c.train.batch_size = 32
   c.train.learning_rate = 1e-3
-  c.train.weight_decay = 0.01
   c.loss.num_negatives = 512
   return c
 

@@ -49,9 +49,10 @@ class FrozenArray:
   """
 
   value: np.ndarray
+  dtype: str = "float32"  # e.g. 'int32' for id tables
 
   def __post_init__(self):
-    value = np.array(self.value, np.float32)  # a private copy nobody else can write to
+    value = np.array(self.value, self.dtype)  # a private copy nobody else can write to
     value.setflags(write=False)
     object.__setattr__(self, "value", value)
 

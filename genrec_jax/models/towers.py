@@ -25,7 +25,6 @@ item features, which `item_table` needs for the whole catalog: they are a consta
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -35,29 +34,10 @@ import ml_collections
 import numpy as np
 
 from genrec_jax.config import ConfigError
-from genrec_jax.models.sequential import l2_normalize
+from genrec_jax.models.sequential import FrozenArray, l2_normalize
 
 Array = jax.Array
 MODELS = ("mf_bpr", "two_tower", "youtubednn")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class FrozenIds:
-  """A read-only int32 table held by a module as a constant (hashed by identity, not a param)."""
-
-  value: np.ndarray
-
-  def __post_init__(self):
-    value = np.array(self.value, np.int32)
-    value.setflags(write=False)
-    object.__setattr__(self, "value", value)
-
-  @property
-  def shape(self) -> tuple[int, ...]:
-    return self.value.shape
-
-  def __repr__(self) -> str:
-    return f"FrozenIds(shape={self.value.shape})"
 
 
 def masked_mean(emb_BxNxD: Array, ids_BxN: Array) -> Array:
@@ -146,7 +126,7 @@ class TwoTower(nn.Module):
   hidden_dims: Sequence[int]
   user_vocab_sizes: Sequence[int] = ()  # categorical user fields (none: history only)
   num_attributes: int = 0  # attribute vocabulary (ids 1..num_attributes-1), 0 = no item features
-  item_attrs: FrozenIds | None = None  # [num_items, A] attribute ids of each item, 0-padded
+  item_attrs: FrozenArray | None = None  # [num_items, A] attribute ids of each item, 0-padded
   use_history: bool = True
 
   def setup(self):
@@ -247,7 +227,7 @@ def build_tower_model(
         hidden_dims=hidden,
         user_vocab_sizes=users,
         num_attributes=int(item_attrs.max()) + 1 if use_attrs else 0,
-        item_attrs=FrozenIds(item_attrs) if use_attrs else None,
+        item_attrs=FrozenArray(item_attrs, "int32") if use_attrs else None,
         use_history=m.use_history,
     )
   if m.name == "youtubednn":
