@@ -90,6 +90,10 @@ def sequential_config() -> ml_collections.ConfigDict:
   # PRNG for dropout masks and negatives: 'threefry2x32' (JAX default) or 'rbg' (XLA's
   # RngBitGenerator: cheaper on CPU). Both are deterministic for a seed on a given backend.
   c.train.rng_impl = "threefry2x32"
+  # Mixed precision: 'bfloat16' runs the model and loss matmuls in bf16 on a bf16 copy of the
+  # params, made inside the step from the float32 master weights (which the optimizer updates, in
+  # float32). Reductions (norms, softmax, log-sum-exp) stay float32; evaluation scores in float32.
+  c.train.compute_dtype = "float32"
 
   # Device mesh ('data', 'model') and logical partition rules (train/mesh.py). 'vocab' -> 'model'
   # with model > 1 splits the item table's rows over 'model' (sharded.py scores them in place).

@@ -52,7 +52,8 @@ def _local_logits(user_BxNxD: Array, table_local_VxD: Array, ids_BxNxK: Array) -
   """⟨u, T[id]⟩ for the ids in this block, 0 elsewhere; the psum over 'model' completes it."""
   first, rows = _block(table_local_VxD)
   local_BxNxK, inside_BxNxK = _local_ids(ids_BxNxK, first, rows)
-  dots_BxNxK = jnp.einsum("bnd,bnkd->bnk", user_BxNxD, table_local_VxD[local_BxNxK])
+  dots_BxNxK = jnp.einsum("bnd,bnkd->bnk", user_BxNxD, table_local_VxD[local_BxNxK],
+                          preferred_element_type=jnp.float32)
   return jnp.where(inside_BxNxK, dots_BxNxK, 0.0)
 
 
@@ -73,7 +74,7 @@ def take_rows(table_VxD: Array, ids: Array, mesh: Mesh | None) -> Array:
 def gathered_logits(user_BxNxD: Array, table_VxD: Array, ids_BxNxK: Array, mesh: Mesh | None) -> Array:
   """logits[b, n, k] = ⟨user[b, n], table[ids[b, n, k]]⟩, [B, N, K]."""
   if mesh is None:
-    return jnp.einsum("bnd,bnkd->bnk", user_BxNxD, table_VxD[ids_BxNxK])
+    return jnp.einsum("bnd,bnkd->bnk", user_BxNxD, table_VxD[ids_BxNxK], preferred_element_type=jnp.float32)
 
   def local(user_l, table_l, ids_l):
     return jax.lax.psum(_local_logits(user_l, table_l, ids_l), MODEL)
@@ -94,7 +95,7 @@ def sampled_softmax_loss(
 ) -> Array:
   """`losses.sampled_softmax_loss` (same negatives, masking and mean) on a row-sharded table:
   the positive and the K negatives of each position are scored in one psum of B·N·(1+K) floats."""
-  weights_BxN = (targets_BxN != 0).astype(user_BxNxD.dtype)
+  weights_BxN = (targets_BxN != 0).astype(jnp.float32)
   neg_ids_BxNxK = catalog_C[neg_offsets_BxNxK]
   ids_BxNx1K = jnp.concatenate([targets_BxN[..., None], neg_ids_BxNxK], axis=-1)
   logits_BxNx1K = gathered_logits(user_BxNxD, table_VxD, ids_BxNx1K, mesh) / temperature
@@ -111,10 +112,10 @@ def full_softmax_loss(
 ) -> Array:
   """`losses.full_softmax_loss` (softmax over the catalog = rows with candidate_V) on a row-sharded
   table: per-block max and sum of exps, combined by a pmax and a psum of B·N floats each."""
-  weights_BxN = (targets_BxN != 0).astype(user_BxNxD.dtype)
+  weights_BxN = (targets_BxN != 0).astype(jnp.float32)
 
   def lse(user_l, table_l, cand_l, reduce_max, reduce_sum):
-    logits_BxNxV = jnp.einsum("bnd,vd->bnv", user_l, table_l) / temperature
+    logits_BxNxV = jnp.einsum("bnd,vd->bnv", user_l, table_l, preferred_element_type=jnp.float32) / temperature
     logits_BxNxV = jnp.where(cand_l, logits_BxNxV, -jnp.inf)
     # c = max over all candidates (no gradient: it cancels in c + log Σ exp(s − c))
     c_BxN = reduce_max(jax.lax.stop_gradient(jnp.max(logits_BxNxV, axis=-1)))

@@ -65,9 +65,10 @@ class FrozenArray:
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
-  """x / max(‖x‖₂, eps); the clamp also gives a zero (not NaN) gradient at x = 0."""
-  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+  """x / max(‖x‖₂, eps); the clamp also gives a zero (not NaN) gradient at x = 0. The norm is
+  summed in float32 whatever x's dtype; the result keeps x's dtype."""
+  sq = jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps)).astype(x.dtype)
 
 
 def truncated_normal_2sigma(stddev: float):

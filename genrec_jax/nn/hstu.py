@@ -36,10 +36,12 @@ Array = jax.Array
 
 
 def layer_norm(x: Array, eps: float) -> Array:
-  """LayerNorm over the last axis without learnable scale or shift."""
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps)
+  """LayerNorm over the last axis without learnable scale or shift (statistics in float32, the
+  result in x's dtype, so bf16 activations are normalised as precisely as float32 ones)."""
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def attention_mask(seg_BxN: Array) -> Array:

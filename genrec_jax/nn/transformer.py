@@ -46,7 +46,7 @@ class CausalSelfAttention(nn.Module):
     v = (kv_BxNxD @ w_in[:, 2 * d :] + b_in[2 * d :]).reshape(b, n, h, dh)
     logits_BxHxNxN = jnp.einsum("bnhd,bmhd->bhnm", q, k) / math.sqrt(dh)
     logits_BxHxNxN = jnp.where(mask_BxNxN[:, None], logits_BxHxNxN, -jnp.inf)
-    w_BxHxNxN = jax.nn.softmax(logits_BxHxNxN, axis=-1)
+    w_BxHxNxN = jax.nn.softmax(logits_BxHxNxN.astype(jnp.float32), axis=-1).astype(v.dtype)
     w_BxHxNxN = nn.Dropout(self.dropout_rate)(w_BxHxNxN, deterministic=deterministic)
     out = jnp.einsum("bhnm,bmhd->bnhd", w_BxHxNxN, v).reshape(b, n, d)
     return nn.Dense(d, kernel_init=xavier, bias_init=nn.initializers.zeros, name="out_proj")(out)

@@ -118,15 +118,41 @@ def init_state(model: SequentialRecommender, tx, cfg, key: Array, mesh: Mesh | N
   return jax.jit(init, out_shardings=state_shardings(model, tx, cfg, mesh))(key)
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(cfg: ml_collections.ConfigDict) -> Any:
+  """The dtype of cfg.train.compute_dtype ('float32' | 'bfloat16')."""
+  name = cfg.train.get("compute_dtype", "float32")
+  if name not in COMPUTE_DTYPES:
+    raise ConfigError(f"unknown train.compute_dtype {name!r}; expected one of {tuple(COMPUTE_DTYPES)}")
+  return COMPUTE_DTYPES[name]
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+  """`tree` with its floating-point leaves in `dtype` (integers untouched).
+
+  Mixed precision: the step differentiates through this cast, so the model runs on a bf16 copy
+  while the gradient (the cast's transpose) and the Adam update stay float32 master weights."""
+  def cast(x):
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+  return jax.tree.map(cast, tree)
+
+
 def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array, mesh: Mesh | None = None) -> Callable:
   """(params, batch, key) -> loss. When cfg.mesh row-shards the item table over `mesh`, the
-  softmax losses score it in place with explicit collectives (genrec_jax/sharded.py)."""
+  softmax losses score it in place with explicit collectives (genrec_jax/sharded.py). With
+  train.compute_dtype='bfloat16' the model sees a bf16 copy of the float32 params (`cast_floats`)."""
   lc = cfg.loss
   items_mesh = mesh if mesh_lib.items_sharded(cfg, mesh) else None
   if items_mesh is not None:
     mesh_lib.check_sharded_model(cfg)
+  dtype = compute_dtype(cfg)
 
   def loss_fn(params, batch, key):
+    if dtype != jnp.float32:
+      params = cast_floats(params, dtype)
     k_drop, k_neg = jax.random.split(key)
     user_BxNxD = model.apply(
         {"params": params}, batch, deterministic=False, rngs={"dropout": k_drop}

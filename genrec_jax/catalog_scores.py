@@ -1,0 +1,171 @@
+"""Scoring tokens against a whole item catalog without materialising the [tokens, catalog] logits.
+
+A loss over the catalog needs s = U Eᵀ ([M, C]: every token's score for every item). Written
+directly, XLA:CPU writes s (M·C floats, 240 MB for 16k tokens × 3.7k items) to memory and
+reads it back several times in the forward and backward passes; the matmuls themselves are
+small (inner dimension D ≈ 50). Here the tokens are processed in chunks of `chunk` rows: each
+chunk's scores are formed, reduced and dropped while they are in cache, and the backward pass
+recomputes them chunk by chunk (one extra matmul, less memory traffic than reading s back).
+
+  catalog_logsumexp(U, E)  lse[m]    = log Σ_c exp(U[m] · E[c])
+                           ∂/∂U[m]   = Σ_c p[m, c] E[c],   ∂/∂E[c] = Σ_m p[m, c] U[m]   (p = softmax)
+  catalog_take(U, E, K)    out[m, k] = U[m] · E[K[m, k]]   (the 'dense' sampled-softmax scores)
+                           ∂/∂U[m]   = Σ_k g[m, k] E[K[m, k]],  ∂/∂E[c] = Σ_{(m,k): K[m,k]=c} g[m, k] U[m]
+
+Both pad D to a multiple of 16 floats with zeros (same dot products; XLA:CPU's matmul kernels are
+~1.3-1.6x faster on 64 than on 50 columns, measured in docs/results.md) and M to a multiple of
+`chunk` (padded rows get zero gradient). Scores are accumulated in float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+CHUNK = 1024  # tokens per chunk: a [1024, C] fp32 score tile is 15 MB for C = 3.7k
+
+
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _pad_to(x: Array, axis: int, multiple: int) -> Array:
+  size = x.shape[axis]
+  extra = -size % multiple
+  if not extra:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, extra)
+  return jnp.pad(x, widths)
+
+
+def _scores(u_TxP: Array, e_CxP: Array) -> Array:
+  return jnp.einsum("tp,cp->tc", u_TxP, e_CxP, preferred_element_type=jnp.float32)
+
+
+def _layout(m: int, chunk: int) -> tuple[int, int]:
+  """(number of chunks n, rows per chunk r) with n·r >= m, r ≈ chunk and a multiple of 8."""
+  n = max(1, _ceil_div(m, chunk))
+  return n, _ceil_div(_ceil_div(m, n), 8) * 8
+
+
+def _to_chunks(x_Mx: Array, n: int, r: int) -> Array:
+  """[M, ...] -> [n, r, ...], chunk i holding tokens i, n + i, 2n + i, ... (zero rows padded).
+
+  Strided, not contiguous: a token-sharded (data-parallel) input stays sharded along each
+  chunk's rows, so every device scans its own tokens with no resharding collective."""
+  x = _pad_to(x_Mx, 0, n * r)
+  return jnp.swapaxes(x.reshape(r, n, *x.shape[1:]), 0, 1)
+
+
+def _from_chunks(x_NxRx: Array, m: int) -> Array:
+  """The inverse of `_to_chunks`: [n, r, ...] -> [m, ...]."""
+  x = jnp.swapaxes(x_NxRx, 0, 1)
+  return x.reshape(-1, *x.shape[2:])[:m]
+
+
+def _prepare(user_MxD: Array, items_CxD: Array, chunk: int) -> tuple[Array, Array]:
+  """Zero-padded copies: users [n, r, P] (`_to_chunks`), items [C, P], P = D rounded up to 16."""
+  n, r = _layout(user_MxD.shape[0], chunk)
+  return _to_chunks(_pad_to(user_MxD, 1, 16), n, r), _pad_to(items_CxD, 1, 16)
+
+
+def _backward(u_NxTxP: Array, e_CxP: Array, dscore_fn) -> tuple[Array, Array]:
+  """Σ over chunks: dU_chunk = G E, dE += Gᵀ U_chunk with G = dscore_fn(chunk index, U_chunk)."""
+
+  def body(de_CxP, xs):
+    i, u_TxP = xs
+    g_TxC = dscore_fn(i, u_TxP)
+    du_TxP = jnp.einsum("tc,cp->tp", g_TxC.astype(u_TxP.dtype), e_CxP, preferred_element_type=jnp.float32)
+    de_CxP = de_CxP + jnp.einsum("tc,tp->cp", g_TxC.astype(u_TxP.dtype), u_TxP, preferred_element_type=jnp.float32)
+    return de_CxP, du_TxP
+
+  n = u_NxTxP.shape[0]
+  de0 = jnp.zeros(e_CxP.shape, jnp.float32)
+  de_CxP, du_NxTxP = jax.lax.scan(body, de0, (jnp.arange(n), u_NxTxP))
+  return du_NxTxP, de_CxP
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def catalog_logsumexp_sum(user_MxD: Array, items_CxD: Array, weights_M: Array, chunk: int = CHUNK) -> Array:
+  """Σ_m w[m] · log Σ_c exp(<user[m], items[c]>), a float32 scalar (w: per-token loss weights).
+
+  A scalar, so the gradient can be formed in the same pass as the value: each chunk's scores are
+  exponentiated once, for the log-sum-exp and for p = softmax (3 matmuls and one exp per score,
+  instead of the 4 and 2 of a forward pass followed by a recomputing backward pass).
+  """
+  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
+  w_NxT = _to_chunks(weights_M.astype(jnp.float32), *u_NxTxP.shape[:2])
+  lse_NxT = jax.lax.map(lambda u_TxP: jax.nn.logsumexp(_scores(u_TxP, e_CxP), axis=-1), u_NxTxP)
+  return jnp.sum(lse_NxT * w_NxT)
+
+
+def _lse_fwd(user_MxD, items_CxD, weights_M, chunk):
+  m, d = user_MxD.shape
+  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
+  w_NxT = _to_chunks(weights_M.astype(jnp.float32), *u_NxTxP.shape[:2])
+  def body(carry, xs):
+    de_CxP, total = carry
+    i, u_TxP = xs
+    s_TxC = _scores(u_TxP, e_CxP)
+    lse_T = jax.nn.logsumexp(s_TxC, axis=-1)
+    g_TxC = (jnp.exp(s_TxC - lse_T[:, None]) * w_NxT[i][:, None]).astype(u_TxP.dtype)
+    du_TxP = jnp.einsum("tc,cp->tp", g_TxC, e_CxP, preferred_element_type=jnp.float32)
+    de_CxP = de_CxP + jnp.einsum("tc,tp->cp", g_TxC, u_TxP, preferred_element_type=jnp.float32)
+    return (de_CxP, total + jnp.sum(lse_T * w_NxT[i])), du_TxP
+
+  n = u_NxTxP.shape[0]
+  (de_CxP, total), du_NxTxP = jax.lax.scan(
+      body, (jnp.zeros(e_CxP.shape, jnp.float32), jnp.zeros((), jnp.float32)), (jnp.arange(n), u_NxTxP)
+  )
+  du_MxD = _from_chunks(du_NxTxP, m)[:, :d]
+  # d/dw[m] = lse[m]: not needed by the losses (weights are constants), so w gets no gradient.
+  return total, (du_MxD.astype(user_MxD.dtype), de_CxP[:, :d].astype(items_CxD.dtype), weights_M)
+
+
+def _lse_bwd(chunk, res, g):
+  du_MxD, de_CxD, weights_M = res
+  return (g * du_MxD).astype(du_MxD.dtype), (g * de_CxD).astype(de_CxD.dtype), jnp.zeros_like(weights_M)
+
+
+catalog_logsumexp_sum.defvjp(_lse_fwd, _lse_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def catalog_take(user_MxD: Array, items_CxD: Array, cols_MxK: Array, chunk: int = CHUNK) -> Array:
+  """out[m, k] = <user[m], items[cols[m, k]]>, float32 [M, K] (cols: int rows of `items`)."""
+  return _take_fwd(user_MxD, items_CxD, cols_MxK, chunk)[0]
+
+
+def _take_fwd(user_MxD, items_CxD, cols_MxK, chunk):
+  m = user_MxD.shape[0]
+  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
+  cols_NxTxK = _to_chunks(cols_MxK, *u_NxTxP.shape[:2])
+  out_NxTxK = jax.lax.map(
+      lambda xs: jnp.take_along_axis(_scores(xs[0], e_CxP), xs[1], axis=-1), (u_NxTxP, cols_NxTxK)
+  )
+  return _from_chunks(out_NxTxK, m), (user_MxD, items_CxD, cols_NxTxK)
+
+
+def _take_bwd(chunk, res, g_MxK):
+  user_MxD, items_CxD, cols_NxTxK = res
+  m, d = user_MxD.shape
+  c = items_CxD.shape[0]
+  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
+  g_NxTxK = _to_chunks(g_MxK.astype(jnp.float32), *cols_NxTxK.shape[:2])
+  r = cols_NxTxK.shape[1]
+  rows_TxK = jnp.broadcast_to(jnp.arange(r)[:, None], cols_NxTxK.shape[1:])
+
+  def dscore(i, u_TxP):  # the dense [chunk, C] gradient: g scattered to its columns (repeats add)
+    del u_TxP
+    return jnp.zeros((r, c), jnp.float32).at[rows_TxK, cols_NxTxK[i]].add(g_NxTxK[i])
+
+  du_NxTxP, de_CxP = _backward(u_NxTxP, e_CxP, dscore)
+  du_MxD = _from_chunks(du_NxTxP, m)[:, :d].astype(user_MxD.dtype)
+  return du_MxD, de_CxP[:, :d].astype(items_CxD.dtype), None
+
+
+catalog_take.defvjp(_take_fwd, _take_bwd)
