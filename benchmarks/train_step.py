@@ -63,11 +63,18 @@ def main(argv) -> None:
       )
       for k in range(n_warm + n_time)
   ]
+  # XLA's cost analysis counts a loop body once, and the catalog losses loop over token chunks
+  # (catalog_scores.py, which also pads D to 16 lanes): count the model FLOPs on the plain program
+  # of the same step (loss.chunk = 0: all tokens at once, no padding).
+  flop_cfg = cfg.copy_and_resolve_references()
+  with flop_cfg.unlocked():
+    flop_cfg.loss.chunk = 0
+  flop_step = trainer.make_train_step(model, tx, flop_cfg, catalog, mesh)
   flops_by_shape: dict[tuple, float] = {}
   for b in batches:
     shape = b["ids"].shape
     if shape not in flops_by_shape:
-      compiled = step_fn.lower(state, b).compile()
+      compiled = flop_step.lower(state, b).compile()
       # XLA reports the FLOPs of one device's partition of the data-parallel step.
       per_device = float(compiled.cost_analysis().get("flops", float("nan")))
       flops_by_shape[shape] = per_device * mesh.devices.size

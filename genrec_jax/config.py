@@ -75,6 +75,10 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.loss.num_negatives = 128
   c.loss.temperature = 0.05
   c.loss.impl = "gather"  # 'gather' | 'dense': two exact implementations, pick the faster
+  # Tokens scored against the whole catalog at a time (full_softmax and impl='dense'; a chunk's
+  # [chunk, catalog] scores live only inside one step of a loop: catalog_scores.py); 0 = all at
+  # once, the plain XLA program (more memory traffic; the reference in tests and FLOP counts).
+  c.loss.chunk = 1024
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrec_jax.catalog_scores import catalog_logsumexp_sum, catalog_take
+from genrec_jax.catalog_scores import CHUNK, catalog_logsumexp_sum, catalog_take
 
 Array = jax.Array
 
@@ -87,15 +87,23 @@ def sampled_softmax_loss(
     neg_offsets_BxNxK: Array,
     temperature: float,
     impl: str = "dense",
+    chunk: int = CHUNK,
 ) -> Array:
-  """Sampled softmax loss; `table_VxD` is the normalised item table, `catalog_C` its valid ids."""
+  """Sampled softmax loss; `table_VxD` is the normalised item table, `catalog_C` its valid ids.
+  chunk: tokens scored against the catalog at a time by impl='dense' (catalog_scores.py); 0 = all
+  at once, the plain program (the reference the chunked one is tested against)."""
   weights_BxN = (targets_BxN != 0).astype(jnp.float32)
   neg_ids_BxNxK = catalog_C[neg_offsets_BxNxK]
   pos_BxN = _dot(user_BxNxD, table_VxD[targets_BxN]) / temperature
-  if impl == "dense":  # every catalog score, chunk by chunk, then the K sampled ones
+  if impl == "dense" and chunk == 0:  # the plain program: all [B, N, C] logits at once
+    logits_BxNxC = jnp.einsum("bnd,cd->bnc", user_BxNxD, table_VxD[catalog_C],
+                              preferred_element_type=jnp.float32) / temperature
+    neg_BxNxK = jnp.take_along_axis(logits_BxNxC, neg_offsets_BxNxK, axis=-1)
+  elif impl == "dense":  # every catalog score, chunk by chunk, then the K sampled ones
     b, n, d = user_BxNxD.shape
     neg_MxK = catalog_take(
-        user_BxNxD.reshape(b * n, d) / temperature, table_VxD[catalog_C], neg_offsets_BxNxK.reshape(b * n, -1)
+        user_BxNxD.reshape(b * n, d) / temperature, table_VxD[catalog_C], neg_offsets_BxNxK.reshape(b * n, -1),
+        chunk,
     )
     neg_BxNxK = neg_MxK.reshape(b, n, -1)
   elif impl == "gather":
@@ -109,16 +117,22 @@ def sampled_softmax_loss(
 
 
 def full_softmax_loss(
-    user_BxNxD: Array, targets_BxN: Array, table_VxD: Array, catalog_C: Array, temperature: float
+    user_BxNxD: Array, targets_BxN: Array, table_VxD: Array, catalog_C: Array, temperature: float,
+    chunk: int = CHUNK,
 ) -> Array:
-  """Softmax over the whole catalog: -log p(target) with p ∝ exp(cos / τ)."""
+  """Softmax over the whole catalog: -log p(target) with p ∝ exp(cos / τ), `chunk` tokens at a
+  time (catalog_scores.py); chunk = 0: all [B, N, C] logits at once, the plain program."""
   b, n, d = user_BxNxD.shape
   weights_BxN = (targets_BxN != 0).astype(jnp.float32)
+  pos_BxN = _dot(user_BxNxD, table_VxD[targets_BxN]) / temperature
+  if chunk == 0:  # the plain program: all [B, N, C] logits at once
+    logits_BxNxC = jnp.einsum("bnd,cd->bnc", user_BxNxD, table_VxD[catalog_C],
+                              preferred_element_type=jnp.float32) / temperature
+    return _weighted_mean(jax.nn.logsumexp(logits_BxNxC, axis=-1) - pos_BxN, weights_BxN)
   # Σ_t w_t log Σ_c exp(s_tc), s = cos / τ, without the [B·N, C] logits in memory (catalog_scores.py)
   lse_sum = catalog_logsumexp_sum(
-      user_BxNxD.reshape(b * n, d) / temperature, table_VxD[catalog_C], weights_BxN.reshape(-1)
+      user_BxNxD.reshape(b * n, d) / temperature, table_VxD[catalog_C], weights_BxN.reshape(-1), chunk
   )
-  pos_BxN = _dot(user_BxNxD, table_VxD[targets_BxN]) / temperature
   return (lse_sum - jnp.sum(pos_BxN * weights_BxN)) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
 
 

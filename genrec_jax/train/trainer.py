@@ -149,6 +149,9 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array, mesh: Mesh |
   if items_mesh is not None:
     mesh_lib.check_sharded_model(cfg)
   dtype = compute_dtype(cfg)
+  chunk = lc.get("chunk", losses.CHUNK)
+  if not isinstance(chunk, int) or chunk < 0:
+    raise ConfigError(f"loss.chunk must be an int >= 0 (0 = all tokens at once), got {chunk!r}")
 
   def loss_fn(params, batch, key):
     if dtype != jnp.float32:
@@ -166,7 +169,7 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array, mesh: Mesh |
             user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, items_mesh
         )
       return losses.sampled_softmax_loss(
-          user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, impl=lc.impl
+          user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, impl=lc.impl, chunk=chunk
       )
     if lc.name == "full_softmax":
       if items_mesh is not None:  # softmax over the catalog = the rows marked in candidate_V
@@ -174,7 +177,7 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array, mesh: Mesh |
         return sharded.full_softmax_loss(
             user_BxNxD, targets_BxN, table_VxD, candidate_V, lc.temperature, items_mesh
         )
-      return losses.full_softmax_loss(user_BxNxD, targets_BxN, table_VxD, catalog, lc.temperature)
+      return losses.full_softmax_loss(user_BxNxD, targets_BxN, table_VxD, catalog, lc.temperature, chunk)
     if lc.name == "infonce":
       # HLLM: one pool of K negatives, uniform over the catalog, shared by every position.
       offs_K = jax.random.randint(k_neg, (lc.num_negatives,), 0, catalog.shape[0])
