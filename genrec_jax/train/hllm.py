@@ -15,13 +15,11 @@ clip_grad_norm = 1.0, but its training loop, as published, never applies it, so 
 
 Evaluation is the spine's (trainer.evaluate: full ranking, HR/NDCG, history filter): the current
 item LLM embeds the whole catalog once, the user LLM reads each evaluation history. Checkpoints,
-metrics.jsonl / TensorBoard and results.json reuse train/checkpoint.py and train/trainer.py.
+metrics.jsonl / TensorBoard and results.json are train/loop.py's (its Run, without its epoch loop).
 """
 
 from __future__ import annotations
 
-import math
-import pathlib
 import time
 from typing import Any, Callable
 
@@ -41,8 +39,7 @@ from genrec_jax.models import hllm as hllm_models
 from genrec_jax.models.sequential import l2_normalize
 from genrec_jax.nn.hllm import HLLM, ItemLLM, UserLLM
 from genrec_jax.nn.llama import LlamaConfig
-from genrec_jax.train import trainer
-from genrec_jax.train.checkpoint import Checkpoints
+from genrec_jax.train import loop, trainer
 
 Array = jax.Array
 State = dict[str, Any]
@@ -239,44 +236,33 @@ def fit_e2e(
     raise ConfigError(f"hllm.mode='e2e' trains with loss.name='infonce', got {cfg.loss.name!r}")
   if not h.num_steps >= 1:
     raise ConfigError(f"hllm.num_steps must be >= 1, got {h.num_steps}")
-  workdir_p = pathlib.Path(workdir)
-  has_run = (workdir_p / "metrics.jsonl").exists() or (workdir_p / "checkpoints").exists()
-  if has_run and not resume:
-    raise FileExistsError(
-        f"{workdir_p} already holds a run. Pass --resume to continue it, or choose another --workdir."
-    )
-  model, params, tokenizer = build_e2e(cfg, jax.random.key(cfg.seed), pretrained, texts)
-  tokens_VxT, length_V = hllm_models.tokenize_items(
-      tokenizer, texts, h.max_text_len, h.pooling == "item_token")
-  workdir_p.mkdir(parents=True, exist_ok=True)
+  loop.refuse_existing(workdir, resume)  # before the slow LLM set-up
   mesh = trainer.make_mesh()
-  tx = make_optimizer(cfg)
-  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  step_fn = make_train_step(model, tx, cfg, mesh)
-  rank = make_rank_fn(model, task.catalog, task.num_items)
-  split = task.split
-  selection = "val" if split.val is not None else "test"
-  sel_batches = trainer.eval_batches(split.val if split.val is not None else split.test, cfg, mesh)
-  train_catalog = np.asarray(task.catalog if task.train_catalog is None else task.train_catalog)
-  spe = pipeline.steps_per_epoch(len(split.train), cfg.train.batch_size)
-
-  ckpt = Checkpoints(workdir_p)
-  log = trainer.RunLog(workdir_p)
-  meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0,
-                          "first_losses": []}
-  if resume and ckpt.latest_step("latest") is not None:
-    state, meta = ckpt.restore("latest", state)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    print(f"resumed at step {int(state['step'])}")
-  log.truncate_after(meta["epoch"])
-  wall_before = meta["wall_time_s"]
-  eval_every = h.eval_every or h.num_steps
   n_devices = mesh.devices.size
   if (cfg.train.batch_size % n_devices) or (cfg.loss.num_negatives % n_devices):
     raise ConfigError(f"train.batch_size and loss.num_negatives must be divisible by the "
                       f"{n_devices} devices (or set GENREC_HOST_DEVICES=1)")
+  model, params, tokenizer = build_e2e(cfg, jax.random.key(cfg.seed), pretrained, texts)
+  tokens_VxT, length_V = hllm_models.tokenize_items(
+      tokenizer, texts, h.max_text_len, h.pooling == "item_token")
+  tx = make_optimizer(cfg)
+  replicated = NamedSharding(mesh, P())
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = jax.device_put(state, replicated)
+  step_fn = make_train_step(model, tx, cfg, mesh)
+  rank = make_rank_fn(model, task.catalog, task.num_items)
+  split = task.split
+  selection = loop.Selection("val" if split.val is not None else "test", cfg.train.select_metric)
+  sel_batches = trainer.eval_batches(split.val if split.val is not None else split.test, cfg, mesh)
+  train_catalog = np.asarray(task.catalog if task.train_catalog is None else task.train_catalog)
+  spe = pipeline.steps_per_epoch(len(split.train), cfg.train.batch_size)
+  run, state = loop.open_run(workdir, resume, state, selection, t_start, shardings=replicated,
+                             meta={"first_losses": []})
+  first_losses = run.meta["first_losses"]  # the first log_every losses (restored on resume)
+  eval_every = h.eval_every or h.num_steps
 
+  # Step-based, not epoch-based: records every hllm.log_every steps, evaluation and checkpoints
+  # every eval_every steps; a record's 'epoch' is the fraction of epochs done.
   window: list[Array] = []
   step0 = int(state["step"])
   bar = tqdm.tqdm(range(step0, h.num_steps), desc="hllm e2e", dynamic_ncols=True, mininterval=5.0)
@@ -286,8 +272,8 @@ def fit_e2e(
     state, out = step_fn(state, trainer.to_device(batch, mesh))
     jax.block_until_ready(state)  # one step in flight (see trainer.fit)
     window.append(out)
-    if len(meta["first_losses"]) < h.log_every:
-      meta["first_losses"].append(float(out[0]))
+    if len(first_losses) < h.log_every:
+      first_losses.append(float(out[0]))
     done = step + 1
     if done % h.log_every == 0 or done == h.num_steps or done % eval_every == 0:
       out_w = np.asarray(jax.device_get(window))
@@ -301,49 +287,27 @@ def fit_e2e(
           "step_time_s": (time.time() - t_window) / len(out_w),
       }
       bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-      tqdm.tqdm.write(f"step {done:5d}  loss {record['train_loss']:.4f}  "
-                      f"negatives kept {record['nce_kept']:.3f}  scale {record['logit_scale']:.2f}"
-                      f"  {record['step_time_s']:.2f}s/step")
+      loop.say(f"step {done:5d}  loss {record['train_loss']:.4f}  "
+               f"negatives kept {record['nce_kept']:.3f}  scale {record['logit_scale']:.2f}"
+               f"  {record['step_time_s']:.2f}s/step")
       if done % eval_every == 0 or done == h.num_steps:
         t_eval = time.time()
-        record[selection] = evaluate(model, state["params"], rank, sel_batches, tokens_VxT,
-                                     length_V, cfg)
+        record[selection.split] = evaluate(model, state["params"], rank, sel_batches, tokens_VxT,
+                                           length_V, cfg)
         record["eval_time_s"] = time.time() - t_eval
-        score = record[selection][cfg.train.select_metric]
-        tqdm.tqdm.write(f"step {done:5d}  {selection} ndcg@10 {score:.4f}  hr@10 "
-                        f"{record[selection]['hr@10']:.4f}  ({record['eval_time_s']:.0f}s)")
-        meta.update(epoch=record["epoch"], wall_time_s=wall_before + time.time() - t_start)
-        if score > meta["best_metric"] or selection == "test":
-          meta.update(best_epoch=record["epoch"], best_step=done, best_metric=score)
-          ckpt.save("best", done, state, meta)
-        ckpt.save("latest", done, state, meta)
-      log.write(record)
+        loop.say(f"step {done:5d}  {selection.split} {loop.ndcg_hr(record[selection.split])}"
+                 f"  ({record['eval_time_s']:.0f}s)")
+        run.save(state, record[selection.split], record["epoch"], step=done)
+      run.log.write(record)
       t_window = time.time()
 
-  best_state, best_meta = ckpt.restore("best", state)
+  best_state, best_meta = run.restore_best(state)
   val = (evaluate(model, best_state["params"], rank, sel_batches, tokens_VxT, length_V, cfg)
          if split.val is not None else None)
   test_batches = trainer.eval_batches(split.test, cfg, mesh)
   test = evaluate(model, best_state["params"], rank, test_batches, tokens_VxT, length_V, cfg)
-  ckpt.close()
-  history = log.history()
-  results = {
-      "experiment": cfg.experiment,
-      "dataset": cfg.data.dataset,
-      "protocol": split.protocol,
-      "mode": "e2e",
-      "best_epoch": best_meta["best_epoch"],
-      "best_step": best_meta.get("best_step"),
-      "epochs_run": meta["epoch"],
-      "steps": h.num_steps,
-      "train_loss_first_steps": float(np.mean(meta["first_losses"])),
-      "train_loss_last": history[-1]["train_loss"] if history else None,
-      "wall_time_s": round(wall_before + time.time() - t_start, 1),
-      "val": val,
-      "test": test,
-      "selection": ("best val " if selection == "val" else "last ") + cfg.train.select_metric,
-      "config": cfg.to_dict(),
-  }
-  trainer._write_json_atomic(workdir_p / "results.json", results)  # pylint: disable=protected-access
-  return results
-
+  history = run.log.history()
+  return run.write_results(
+      cfg, split.protocol, best_meta, val, test, mode="e2e", best_step=best_meta.get("best_step"),
+      steps=h.num_steps, train_loss_first_steps=float(np.mean(first_losses)),
+      train_loss_last=history[-1]["train_loss"] if history else None)

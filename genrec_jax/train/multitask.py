@@ -22,8 +22,6 @@ head that is on, in the order retrieval (val NDCG@10), rating (val RMSE), liked 
 
 from __future__ import annotations
 
-import math
-import pathlib
 import time
 from typing import Any, Callable
 
@@ -32,15 +30,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genrec_jax import distributed, losses, metrics, rating_metrics
 from genrec_jax.config import ConfigError
 from genrec_jax.data import pipeline, ratings
 from genrec_jax.models.multitask import MultiTaskRecommender, build_multitask_model
-from genrec_jax.train import trainer
-from genrec_jax.train.checkpoint import Checkpoints
+from genrec_jax.train import loop, trainer
 
 Array = jax.Array
 TASKS = ("retrieval", "rating", "liked")
@@ -265,11 +261,8 @@ def fit(cfg: ml_collections.ConfigDict, task: trainer.Task, rated: ratings.Rated
   split = task.split
   train_r = rated.train.rating_UxN[split.train.targets_UxN != 0]
   model = build_multitask_model(cfg, task.num_items, len(split.train), float(np.mean(train_r)))
-  workdir_p = pathlib.Path(workdir)
-  workdir_p.mkdir(parents=True, exist_ok=True)
-  sel_task = tasks[0]
-  sel_metric, larger_better = SELECT[sel_task]
-  selection = "val" if split.val is not None else "test"
+  sel_metric, larger_better = SELECT[tasks[0]]
+  selection = loop.Selection("val" if split.val is not None else "test", sel_metric, larger_better)
   tx = trainer.make_optimizer(cfg)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(init_state(model, tx, cfg, jax.random.key(cfg.seed)), replicated)
@@ -285,80 +278,41 @@ def fit(cfg: ml_collections.ConfigDict, task: trainer.Task, rated: ratings.Rated
   data_iter = ratings.aux_train_iterator(
       split.train, _aux(split.train, rated.train), bs, cfg.seed, spe * cfg.train.num_epochs,
       cfg.data.pack, shard, pipeline.row_multiple(shard[2]))
-  say = print if distributed.is_main_process() else lambda *a, **k: None
-  ckpt = Checkpoints(workdir_p)
-  meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}
-  if (ckpt.latest_step("latest") is not None or (workdir_p / "metrics.jsonl").exists()) and not resume:
-    raise FileExistsError(f"{workdir_p} already holds a run. Pass --resume to continue it, or choose another --workdir.")
-  log = trainer.RunLog(workdir_p)
-  if ckpt.latest_step("latest") is not None:
-    state, meta = ckpt.restore("latest", state, data_iter)
-    state = jax.device_put(state, replicated)
-    say(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
-  log.truncate_after(meta["epoch"])
-  wall_before = meta["wall_time_s"]
+  run, state = loop.open_run(workdir, resume, state, selection, t_start, data_iter=data_iter,
+                             shardings=replicated)
 
-  for epoch in range(meta["epoch"] + 1, cfg.train.num_epochs + 1):
-    t_epoch = time.time()
-    losses_dev, parts_dev = [], []
-    bar = tqdm.tqdm(range(spe), desc=f"epoch {epoch}/{cfg.train.num_epochs}", leave=False,
-                    dynamic_ncols=True, mininterval=2.0, disable=not distributed.is_main_process())
-    for _ in bar:
+  def train_epoch(state, epoch: int) -> tuple[Any, dict[str, Any]]:
+    parts_dev = []
+
+    def step(state, i: int):
       state, (loss, parts) = train_step(state, trainer.to_device(next(data_iter), mesh))
       jax.block_until_ready(state)  # one step in flight (see trainer.fit)
-      losses_dev.append(loss)
       parts_dev.append(parts)
-    train_loss = float(np.mean(jax.device_get(losses_dev)))
-    if not math.isfinite(train_loss):
-      raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
-    parts_host = jax.device_get(parts_dev)
-    record: dict[str, Any] = {"epoch": epoch, "step": int(state["step"]), "train_loss": train_loss,
-                              "train_task_loss": {t: float(np.mean([p[t] for p in parts_host])) for t in tasks}}
-    t_eval = time.time()
-    res = evaluate(eval_fn, state["params"], selection_batches, tasks)
-    record[selection] = {k: v for k, v in res.items() if v is not None}
-    record["train_time_s"] = t_eval - t_epoch
-    record["eval_time_s"] = time.time() - t_eval
-    record["epoch_time_s"] = time.time() - t_epoch
-    log.write(record)
-    score = res[sel_metric] if larger_better else -res[sel_metric]
-    improved = score > meta["best_metric"] or selection == "test"
-    meta.update(epoch=epoch, wall_time_s=wall_before + time.time() - t_start)
-    if improved:
-      meta.update(best_epoch=epoch, best_metric=score)
-      ckpt.save("best", epoch, state, meta)
-    ckpt.save("latest", epoch, state, meta, data_iter)
-    shown = "  ".join(f"{k} {res[k]:.4f}" for k in ("ndcg@10", "hr@10", "rmse", "mae", "auc", "logloss")
-                      if res[k] is not None)
-    say(f"epoch {epoch:3d}  loss {train_loss:.4f}  {selection} {shown}  best {sel_metric}@{meta['best_epoch']}"
-        f"  {record['epoch_time_s']:.1f}s", flush=True)
-    if cfg.train.patience and epoch - meta["best_epoch"] >= cfg.train.patience:
-      say(f"early stop: no {selection} {sel_metric} gain for {cfg.train.patience} epochs")
-      break
+      return state, loss
 
-  best_state, best_meta = ckpt.restore("best", state)
-  ckpt.close()
+    state, train_loss = loop.train_steps(state, step, spe, epoch, cfg.train.num_epochs)
+    parts_host = jax.device_get(parts_dev)
+    return state, {"train_loss": train_loss,
+                   "train_task_loss": {t: float(np.mean([p[t] for p in parts_host])) for t in tasks}}
+
+  def evaluate_selection(state) -> dict[str, Any]:
+    """The metrics of the heads that are on."""
+    res = evaluate(eval_fn, state["params"], selection_batches, tasks)
+    return {k: v for k, v in res.items() if v is not None}
+
+  def show(res: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {res[k]:.4f}" for k in TABLE_COLUMNS if k in res)
+
+  state = loop.epoch_loop(run, state, cfg.train.num_epochs, train_epoch, evaluate_selection,
+                          patience=cfg.train.patience, show=show)
+  best_state, best_meta = run.restore_best(state)
   val = evaluate(eval_fn, best_state["params"], selection_batches, tasks) if split.val is not None else None
   test = evaluate(eval_fn, best_state["params"], _eval_batches(split.test, rated.test, cfg, mesh), tasks)
   blend = None
   if model.cf_dim:
     blend = float(model.apply({"params": best_state["params"]}, method=model.blend_w))
-  results = {
-      "experiment": cfg.experiment,
-      "dataset": cfg.data.dataset,
-      "protocol": split.protocol,
-      "tasks": {t: cfg.tasks[t].weight for t in tasks},
-      "cf_blend_weight": blend,
-      "best_epoch": best_meta["best_epoch"],
-      "epochs_run": meta["epoch"],
-      "wall_time_s": round(wall_before + time.time() - t_start, 1),
-      "val": val,
-      "test": test,
-      "selection": (f"best {selection} " if selection == "val" else "last epoch ") + sel_metric,
-      "config": cfg.to_dict(),
-  }
-  trainer._write_json_atomic(workdir_p / "results.json", results)  # pylint: disable=protected-access
-  return results
+  return run.write_results(cfg, split.protocol, best_meta, val, test,
+                           tasks={t: cfg.tasks[t].weight for t in tasks}, cf_blend_weight=blend)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, data_dir: str, resume: bool, eval_only: bool) -> dict:

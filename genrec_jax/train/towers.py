@@ -14,14 +14,13 @@ validation item.
 Loop: optax Adam, one jitted step of (state, batch) with key fold_in(seed, step), the epoch's
 pair order a pure function of (seed, epoch) (so --resume continues exactly), the last partial
 batch of an epoch dropped (the next epoch's shuffle covers it), per-epoch validation with the
-best checkpoint kept (`Checkpoints`), test once on the best.
+best checkpoint kept (train/loop.py), test once on the best.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 import time
 from typing import Any, Callable
 
@@ -30,7 +29,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genrec_jax import losses, metrics
@@ -38,8 +36,8 @@ from genrec_jax.config import ConfigError
 from genrec_jax.data import amazon, movielens
 from genrec_jax.data.registry import load_task
 from genrec_jax.models.towers import MODELS, build_tower_model
-from genrec_jax.train.checkpoint import Checkpoints
-from genrec_jax.train.trainer import RunLog, _write_json_atomic, make_mesh, to_device
+from genrec_jax.train import loop
+from genrec_jax.train.trainer import evaluate, make_mesh, to_device
 
 Array = jax.Array
 State = dict[str, Any]
@@ -356,23 +354,15 @@ def make_rank_fn(model, data: TowerData) -> Callable:
   return rank
 
 
-def evaluate(rank_fn, params, batches) -> dict[str, float]:
-  acc = metrics.RankingAccumulator()
-  for batch, n in batches:
-    acc.add(np.asarray(rank_fn(params, batch))[:n])
-  return acc.result()
-
-
 def fit(cfg: ml_collections.ConfigDict, data: TowerData, workdir: str, resume: bool = False) -> dict:
   """Trains with per-epoch validation, keeps the best checkpoint, evaluates test once."""
   t_start = time.time()
   mesh = make_mesh()
   check_config(cfg, mesh.devices.size)
   model = build_tower_model(cfg, data.num_users, data.num_items, data.user_vocab_sizes, data.item_attrs_VxA)
-  workdir_p = pathlib.Path(workdir)
-  workdir_p.mkdir(parents=True, exist_ok=True)
   tx = optax.adam(cfg.train.learning_rate)
-  state = jax.device_put(init_state(model, tx, data, cfg, jax.random.key(cfg.seed)), NamedSharding(mesh, P()))
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(init_state(model, tx, data, cfg, jax.random.key(cfg.seed)), replicated)
   train_step = make_train_step(model, tx, cfg, data, mesh)
   rank_fn = make_rank_fn(model, data)
   h, bs = cfg.data.max_history, cfg.train.batch_size
@@ -385,72 +375,26 @@ def fit(cfg: ml_collections.ConfigDict, data: TowerData, workdir: str, resume: b
   spe = len(user_P) // bs
   if spe == 0:
     raise ConfigError(f"train.batch_size={bs} exceeds the {len(user_P)} training pairs")
+  selection = loop.Selection("val", cfg.train.select_metric)
+  run, state = loop.open_run(workdir, resume, state, selection, t_start, shardings=replicated)
 
-  ckpt = Checkpoints(workdir_p)
-  meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}
-  has_run = ckpt.latest_step("latest") is not None or (workdir_p / "metrics.jsonl").exists()
-  if has_run and not resume:
-    ckpt.close()
-    raise FileExistsError(f"{workdir_p} already holds a run. Pass --resume to continue it, or choose another --workdir.")
-  log = RunLog(workdir_p)
-  if ckpt.latest_step("latest") is not None:
-    state, meta = ckpt.restore("latest", state)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    print(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
-  log.truncate_after(meta["epoch"])
-  wall_before = meta["wall_time_s"]
-
-  for epoch in range(meta["epoch"] + 1, cfg.train.num_epochs + 1):
-    t_epoch = time.time()
+  def train_epoch(state: State, epoch: int) -> tuple[State, dict[str, float]]:
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(user_P))
-    losses_dev = []
-    bar = tqdm.tqdm(range(spe), desc=f"epoch {epoch}/{cfg.train.num_epochs}", leave=False,
-                    dynamic_ncols=True, mininterval=2.0)
-    for i in bar:
-      rows = order[i * bs : (i + 1) * bs]
-      state, loss = train_step(state, to_device(train_batch(data, user_P[rows], pos_P[rows], h), mesh))
-      losses_dev.append(loss)
-      if i % 50 == 49:
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-    train_loss = float(np.mean(jax.device_get(losses_dev)))
-    if not math.isfinite(train_loss):
-      raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
-    t_eval = time.time()
-    record: dict[str, Any] = {"epoch": epoch, "step": int(state["step"]), "train_loss": train_loss,
-                              "val": evaluate(rank_fn, state["params"], val_batches),
-                              "train_time_s": t_eval - t_epoch, "eval_time_s": time.time() - t_eval}
-    log.write(record)
-    score = record["val"][cfg.train.select_metric]
-    meta.update(epoch=epoch, wall_time_s=wall_before + time.time() - t_start)
-    if score > meta["best_metric"]:
-      meta.update(best_epoch=epoch, best_metric=score)
-      ckpt.save("best", epoch, state, meta)
-    ckpt.save("latest", epoch, state, meta)
-    print(f"epoch {epoch:3d}  loss {train_loss:.4f}  val ndcg@10 {record['val']['ndcg@10']:.4f} "
-          f"hr@10 {record['val']['hr@10']:.4f}  best {meta['best_metric']:.4f}@{meta['best_epoch']}  "
-          f"{time.time() - t_epoch:.1f}s", flush=True)
-    if cfg.train.patience and epoch - meta["best_epoch"] >= cfg.train.patience:
-      print(f"early stop: no val {cfg.train.select_metric} gain for {cfg.train.patience} epochs")
-      break
 
-  best_state, best_meta = ckpt.restore("best", state)
-  ckpt.close()
+    def step(state: State, i: int) -> tuple[State, Array]:
+      rows = order[i * bs : (i + 1) * bs]
+      return train_step(state, to_device(train_batch(data, user_P[rows], pos_P[rows], h), mesh))
+
+    state, train_loss = loop.train_steps(state, step, spe, epoch, cfg.train.num_epochs, show_every=50)
+    return state, {"train_loss": train_loss}
+
+  state = loop.epoch_loop(run, state, cfg.train.num_epochs, train_epoch,
+                          lambda s: evaluate(rank_fn, s["params"], val_batches),
+                          patience=cfg.train.patience, show=loop.ndcg_hr)
+  best_state, best_meta = run.restore_best(state)
   val = evaluate(rank_fn, best_state["params"], val_batches)
   test = evaluate(rank_fn, best_state["params"], device_batches(data.test))
-  results = {
-      "experiment": cfg.experiment,
-      "dataset": cfg.data.dataset,
-      "protocol": data.protocol,
-      "best_epoch": best_meta["best_epoch"],
-      "epochs_run": meta["epoch"],
-      "wall_time_s": round(wall_before + time.time() - t_start, 1),
-      "val": val,
-      "test": test,
-      "selection": "best val " + cfg.train.select_metric,
-      "config": cfg.to_dict(),
-  }
-  _write_json_atomic(workdir_p / "results.json", results)
-  return results
+  return run.write_results(cfg, data.protocol, best_meta, val, test)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, data_dir: str, resume: bool, eval_only: bool) -> dict:

@@ -10,8 +10,6 @@ checkpoint continues exactly as an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import pathlib
 import time
 from typing import Any, Callable
@@ -21,7 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from genrec_jax import distributed, losses, metrics, sharded
@@ -29,8 +26,9 @@ from genrec_jax.config import ConfigError
 from genrec_jax.data import pipeline
 from genrec_jax.data.sequences import Examples, Split
 from genrec_jax.models.sequential import SequentialRecommender, build_model
-from genrec_jax.train import mesh as mesh_lib
+from genrec_jax.train import loop, mesh as mesh_lib
 from genrec_jax.train.checkpoint import Checkpoints
+from genrec_jax.train.loop import RunLog  # noqa: F401 (moved to loop.py; trainer.RunLog still works)
 
 Array = jax.Array
 State = dict[str, Any]  # {'params', 'opt_state', 'step'}
@@ -273,52 +271,6 @@ def evaluate(rank_fn, params, batches: EvalBatches) -> dict[str, float]:
   return acc.result()
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """Writes on process 0 only (the others hold the same results)."""
-  if not distributed.is_main_process():
-    return
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-  tmp.rename(path)
-
-
-class RunLog:
-  """Per-epoch metrics to JSONL and TensorBoard, written by process 0 only (all may read)."""
-
-  def __init__(self, workdir: pathlib.Path):
-    self.jsonl = workdir / "metrics.jsonl"
-    self.writes = distributed.is_main_process()
-    if self.writes:
-      from tensorboardX import SummaryWriter  # optional heavy import kept local
-
-      self.tb = SummaryWriter(str(workdir / "tensorboard"))
-
-  def write(self, record: dict[str, Any]) -> None:
-    if not self.writes:
-      return
-    with self.jsonl.open("a") as f:
-      f.write(json.dumps(record) + "\n")
-    step = record["step"]
-    self.tb.add_scalar("train/loss", record["train_loss"], step)
-    for split in ("val", "test"):
-      for k, v in (record.get(split) or {}).items():
-        if k != "num_users":
-          self.tb.add_scalar(f"{split}/{k}", v, step)
-    self.tb.flush()
-
-  def history(self) -> list[dict[str, Any]]:
-    if not self.jsonl.exists():
-      return []
-    return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
-
-  def truncate_after(self, epoch: int) -> None:
-    """Drops records of epochs > `epoch` (written after the checkpoint we resume from)."""
-    if not self.writes:
-      return
-    keep = [r for r in self.history() if r["epoch"] <= epoch]
-    self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in keep))
-
-
 def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool = False) -> dict:
   """Trains with per-epoch validation, keeps the best checkpoint, evaluates test once."""
   t_start = time.time()
@@ -328,10 +280,8 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
   model = build_model(cfg, rows, task.item_text_emb)
   if cfg.loss.name not in LOSSES:
     raise ConfigError(f"unknown loss {cfg.loss.name!r}; expected one of {LOSSES}")
-  workdir_p = pathlib.Path(workdir)
-  workdir_p.mkdir(parents=True, exist_ok=True)
   split = task.split
-  selection = "val" if split.val is not None else "test"
+  selection = loop.Selection("val" if split.val is not None else "test", cfg.train.select_metric)
   tx = make_optimizer(cfg)
   train_catalog = task.catalog if task.train_catalog is None else task.train_catalog
   catalog = jnp.asarray(train_catalog, jnp.int32)
@@ -347,87 +297,32 @@ def fit(cfg: ml_collections.ConfigDict, task: Task, workdir: str, resume: bool =
   data_iter = pipeline.train_iterator(split.train, bs, cfg.seed, total_steps, packed=cfg.data.pack,
                                       shard=shard, rows_multiple=pipeline.row_multiple(shard[2]),
                                       stochastic_length_alpha=cfg.data.get("stochastic_length_alpha", 0.0))
-  say = print if distributed.is_main_process() else lambda *a, **k: None
-  ckpt = Checkpoints(workdir_p)
-  meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}
-  has_run = ckpt.latest_step("latest") is not None or (workdir_p / "metrics.jsonl").exists()
-  if has_run and not resume:
-    raise FileExistsError(
-        f"{workdir_p} already holds a run. Pass --resume to continue it, or choose another --workdir."
-    )
-  distributed.sync("genrec_fit_start")  # every process has checked the workdir before any writes
-  log = RunLog(workdir_p)
-  if ckpt.latest_step("latest") is not None:
-    state, meta = ckpt.restore("latest", state, data_iter)
-    state = jax.device_put(state, state_shardings(model, tx, cfg, mesh))
-    say(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
-  elif resume:
-    say(f"--resume: no checkpoint in {workdir_p}; starting from epoch 1")
-  log.truncate_after(meta["epoch"])  # drop records written after the checkpoint we start from
-  wall_before = meta["wall_time_s"]
+  run, state = loop.open_run(workdir, resume, state, selection, t_start, data_iter=data_iter,
+                             shardings=state_shardings(model, tx, cfg, mesh))
 
-  for epoch in range(meta["epoch"] + 1, cfg.train.num_epochs + 1):
-    t_epoch = time.time()
-    losses_dev = []
-    bar = tqdm.tqdm(range(spe), desc=f"epoch {epoch}/{cfg.train.num_epochs}", leave=False,
-                    dynamic_ncols=True, mininterval=2.0, disable=not distributed.is_main_process())
-    for i in bar:
-      state, loss = train_step(state, to_device(next(data_iter), mesh))
-      # One step in flight at a time: with several CPU devices, a step dispatched while the
-      # previous one still runs can starve XLA:CPU's all-reduce rendezvous of threads and
-      # deadlock (seen with 2 host devices on 2 cores). The next batch is prefetched by grain.
-      jax.block_until_ready(state)
-      losses_dev.append(loss)
-      if i % 10 == 9:
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-    train_loss = float(np.mean(jax.device_get(losses_dev)))
-    if not math.isfinite(train_loss):
-      raise FloatingPointError(f"training loss became {train_loss} in epoch {epoch}")
-    record: dict[str, Any] = {"epoch": epoch, "step": int(state["step"]), "train_loss": train_loss}
-    t_eval = time.time()
-    record[selection] = evaluate(rank_fn, state["params"], selection_batches)
-    record["train_time_s"] = t_eval - t_epoch
-    record["eval_time_s"] = time.time() - t_eval
-    record["epoch_time_s"] = time.time() - t_epoch
-    log.write(record)
-    score = record[selection][cfg.train.select_metric]
-    improved = score > meta["best_metric"] or selection == "test"
-    meta.update(epoch=epoch, wall_time_s=wall_before + time.time() - t_start)
-    if improved:
-      meta.update(best_epoch=epoch, best_metric=score)
-      ckpt.save("best", epoch, state, meta)
-    ckpt.save("latest", epoch, state, meta, data_iter)
-    say(
-        f"epoch {epoch:3d}  loss {train_loss:.4f}  {selection} ndcg@10 {score:.4f} "
-        f"hr@10 {record[selection]['hr@10']:.4f}  best {meta['best_metric']:.4f}@{meta['best_epoch']}"
-        f"  {record['epoch_time_s']:.1f}s",
-        flush=True,
-    )
-    if cfg.train.patience and epoch - meta["best_epoch"] >= cfg.train.patience:
-      say(f"early stop: no {selection} {cfg.train.select_metric} gain for {cfg.train.patience} epochs")
-      break
+  def step(state: State, i: int) -> tuple[State, Array]:
+    state, loss = train_step(state, to_device(next(data_iter), mesh))
+    # One step in flight at a time: with several CPU devices, a step dispatched while the
+    # previous one still runs can starve XLA:CPU's all-reduce rendezvous of threads and
+    # deadlock (seen with 2 host devices on 2 cores). The next batch is prefetched by grain.
+    jax.block_until_ready(state)
+    return state, loss
+
+  def train_epoch(state: State, epoch: int) -> tuple[State, dict[str, float]]:
+    state, train_loss = loop.train_steps(state, step, spe, epoch, cfg.train.num_epochs)
+    return state, {"train_loss": train_loss}
+
+  state = loop.epoch_loop(run, state, cfg.train.num_epochs, train_epoch,
+                          lambda s: evaluate(rank_fn, s["params"], selection_batches),
+                          patience=cfg.train.patience, show=loop.ndcg_hr)
 
   # Test once, on the selected checkpoint.
-  best_state, best_meta = ckpt.restore("best", state)
-  val = evaluate(rank_fn, best_state["params"], selection_batches) if split.val is not None else None
-  test = evaluate(rank_fn, best_state["params"], eval_batches(split.test, cfg, mesh))
-  subsets = _evaluate_test_subsets(rank_fn, best_state["params"], task, cfg, mesh)
-  ckpt.close()
-  results = {
-      "experiment": cfg.experiment,
-      "dataset": cfg.data.dataset,
-      "protocol": split.protocol,
-      "best_epoch": best_meta["best_epoch"],
-      "epochs_run": meta["epoch"],
-      "wall_time_s": round(wall_before + time.time() - t_start, 1),
-      "val": val,
-      "test": test,
-      **subsets,
-      "selection": "best val " + cfg.train.select_metric if selection == "val" else "last epoch",
-      "config": cfg.to_dict(),
-  }
-  _write_json_atomic(workdir_p / "results.json", results)
-  return results
+  best_state, best_meta = run.restore_best(state)
+  params = best_state["params"]
+  val = evaluate(rank_fn, params, selection_batches) if split.val is not None else None
+  test = evaluate(rank_fn, params, eval_batches(split.test, cfg, mesh))
+  subsets = _evaluate_test_subsets(rank_fn, params, task, cfg, mesh)
+  return run.write_results(cfg, split.protocol, best_meta, val, test, **subsets)
 
 
 def _evaluate_test_subsets(rank_fn, params, task: Task, cfg, mesh) -> dict[str, dict[str, float]]:
@@ -458,5 +353,5 @@ def evaluate_checkpoint(cfg, task: Task, workdir: str, which: str = "best") -> d
       "test": evaluate(rank_fn, state["params"], eval_batches(split.test, cfg, mesh)),
       **_evaluate_test_subsets(rank_fn, state["params"], task, cfg, mesh),
   }
-  _write_json_atomic(pathlib.Path(workdir) / "eval.json", out)
+  loop.write_json_atomic(pathlib.Path(workdir) / "eval.json", out)
   return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 import time
 from typing import Any, Callable
@@ -25,15 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from genrec_jax import metrics
 from genrec_jax.config import ConfigError
 from genrec_jax.data.interactions import HeldOut, InteractionData, dense_rows
 from genrec_jax.models import cfgan as cfgan_lib
 from genrec_jax.models import vae as vae_lib
+from genrec_jax.train import loop
 from genrec_jax.train.checkpoint import Checkpoints
-from genrec_jax.train.trainer import RunLog
 
 Array = jax.Array
 State = dict[str, Any]
@@ -125,12 +123,6 @@ def _single_target(data: InteractionData) -> bool:
 # ------------------------------------------------------------------------------ the loop ----
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2))
-  tmp.rename(path)
-
-
 def select_metric(cfg: ml_collections.ConfigDict, data: InteractionData) -> str:
   """cfg.train.select_metric, or by default ndcg@10 (leave-one-out) / ndcg@max(ks) (sets)."""
   name = cfg.train.get("select_metric", "")
@@ -143,73 +135,21 @@ def fit(cfg: ml_collections.ConfigDict, data: InteractionData, alg: Algorithm, w
         resume: bool = False) -> dict:
   """Trains `alg` on `data` with periodic validation, keeps the best state, tests it once."""
   t_start = time.time()
-  wd = pathlib.Path(workdir)
-  wd.mkdir(parents=True, exist_ok=True)
-  selection = "val" if data.val is not None else "test"
+  selection = loop.Selection("val" if data.val is not None else "test", select_metric(cfg, data))
   sel_split = data.val if data.val is not None else data.test
-  metric = select_metric(cfg, data)
   single = _single_target(data)
   ks = tuple(cfg.eval.ks)
   ebs = cfg.train.eval_batch_size
-
-  state = alg.init(jax.random.key(cfg.seed))
-  ckpt = Checkpoints(wd)
-  meta: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "wall_time_s": 0.0}
-  if (ckpt.latest_step("latest") is not None or (wd / "metrics.jsonl").exists()) and not resume:
-    raise FileExistsError(f"{wd} already holds a run. Pass --resume to continue it, or choose another --workdir.")
-  log = RunLog(wd)
-  if ckpt.latest_step("latest") is not None:
-    state, meta = ckpt.restore("latest", state)
-    print(f"resumed from epoch {meta['epoch']} (step {int(state['step'])})")
-  log.truncate_after(meta["epoch"])
-  wall_before = meta["wall_time_s"]
-
-  num_epochs = cfg.train.num_epochs
-  every = max(1, cfg.train.get("eval_every", 1))
-  bar = tqdm.tqdm(range(meta["epoch"] + 1, num_epochs + 1), desc=cfg.model.name, dynamic_ncols=True,
-                  mininterval=2.0, initial=meta["epoch"], total=num_epochs)
-  for epoch in bar:
-    t_epoch = time.time()
-    state, logs = alg.train_epoch(state, epoch)
-    if not math.isfinite(logs["train_loss"]):
-      raise FloatingPointError(f"training loss became {logs['train_loss']} in epoch {epoch}")
-    bar.set_postfix(loss=f"{logs['train_loss']:.4f}")
-    if epoch % every and epoch != num_epochs:
-      continue
-    t_eval = time.time()
-    record: dict[str, Any] = {"epoch": epoch, "step": int(state["step"]), **logs}
-    record[selection] = evaluate(alg.scorer(state), sel_split, ks, ebs, single)
-    record["train_time_s"] = t_eval - t_epoch
-    record["eval_time_s"] = time.time() - t_eval
-    log.write(record)
-    score = record[selection][metric]
-    improved = score > meta["best_metric"] or selection == "test"  # no val: keep the last
-    meta.update(epoch=epoch, wall_time_s=wall_before + time.time() - t_start)
-    if improved:
-      meta.update(best_epoch=epoch, best_metric=score)
-      ckpt.save("best", epoch, state, meta)
-    ckpt.save("latest", epoch, state, meta)
-    bar.write(f"epoch {epoch:4d}  loss {logs['train_loss']:.4f}  {selection} {metric} {score:.4f}  "
-              f"best {meta['best_metric']:.4f}@{meta['best_epoch']}  {time.time() - t_epoch:.1f}s")
-
-  best_state, best_meta = ckpt.restore("best", state)
-  ckpt.close()
+  run, state = loop.open_run(workdir, resume, alg.init(jax.random.key(cfg.seed)), selection, t_start)
+  state = loop.epoch_loop(run, state, cfg.train.num_epochs, alg.train_epoch,
+                          lambda s: evaluate(alg.scorer(s), sel_split, ks, ebs, single),
+                          patience=cfg.train.get("patience", 0),
+                          eval_every=max(1, cfg.train.get("eval_every", 1)), epochs_bar=cfg.model.name)
+  best_state, best_meta = run.restore_best(state)
   scorer = alg.scorer(best_state)
-  results = {
-      "experiment": cfg.experiment,
-      "dataset": cfg.data.dataset,
-      "protocol": data.protocol,
-      "best_epoch": best_meta["best_epoch"],
-      "epochs_run": meta["epoch"],
-      "wall_time_s": round(wall_before + time.time() - t_start, 1),
-      "val": evaluate(scorer, data.val, ks, ebs, single) if data.val is not None else None,
-      "test": evaluate(scorer, data.test, ks, ebs, single),
-      "selection": f"best val {metric}" if selection == "val" else "last epoch",
-      "data_stats": data_stats(data),
-      "config": cfg.to_dict(),
-  }
-  _write_json_atomic(wd / "results.json", results)
-  return results
+  val = evaluate(scorer, data.val, ks, ebs, single) if data.val is not None else None
+  test = evaluate(scorer, data.test, ks, ebs, single)
+  return run.write_results(cfg, data.protocol, best_meta, val, test, data_stats=data_stats(data))
 
 
 def evaluate_checkpoint(cfg, data: InteractionData, alg: Algorithm, workdir: str,
@@ -226,7 +166,7 @@ def evaluate_checkpoint(cfg, data: InteractionData, alg: Algorithm, workdir: str
       "val": evaluate(scorer, data.val, ks, ebs, single) if data.val is not None else None,
       "test": evaluate(scorer, data.test, ks, ebs, single),
   }
-  _write_json_atomic(pathlib.Path(workdir) / "eval.json", out)
+  loop.write_json_atomic(pathlib.Path(workdir) / "eval.json", out)
   return out
 
 
