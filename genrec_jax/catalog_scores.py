@@ -73,20 +73,21 @@ def _prepare(user_MxD: Array, items_CxD: Array, chunk: int) -> tuple[Array, Arra
   return _to_chunks(_pad_to(user_MxD, 1, 16), n, r), _pad_to(items_CxD, 1, 16)
 
 
-def _backward(u_NxTxP: Array, e_CxP: Array, dscore_fn) -> tuple[Array, Array]:
-  """Σ over chunks: dU_chunk = G E, dE += Gᵀ U_chunk with G = dscore_fn(chunk index, U_chunk)."""
+def _chunk_grads(u_NxTxP: Array, e_CxP: Array, dscore_fn) -> tuple[Array, Array, Array]:
+  """For each chunk i: (G, a) = dscore_fn(i, U_i), dU_i = G E, dE_i = Gᵀ U_i; returns
+  (dU [n, r, P], Σ_i dE_i [C, P], Σ_i a_i). No loop carry: each chunk's dE_i is an output summed
+  after the loop, so under shard_map every device's loop stays local (no per-chunk collective)."""
 
-  def body(de_CxP, xs):
+  def one(xs):
     i, u_TxP = xs
-    g_TxC = dscore_fn(i, u_TxP)
-    du_TxP = jnp.einsum("tc,cp->tp", g_TxC.astype(u_TxP.dtype), e_CxP, preferred_element_type=jnp.float32)
-    de_CxP = de_CxP + jnp.einsum("tc,tp->cp", g_TxC.astype(u_TxP.dtype), u_TxP, preferred_element_type=jnp.float32)
-    return de_CxP, du_TxP
+    g_TxC, aux = dscore_fn(i, u_TxP)
+    g_TxC = g_TxC.astype(u_TxP.dtype)
+    du_TxP = jnp.einsum("tc,cp->tp", g_TxC, e_CxP, preferred_element_type=jnp.float32)
+    de_CxP = jnp.einsum("tc,tp->cp", g_TxC, u_TxP, preferred_element_type=jnp.float32)
+    return du_TxP, de_CxP, aux
 
-  n = u_NxTxP.shape[0]
-  de0 = jnp.zeros(e_CxP.shape, jnp.float32)
-  de_CxP, du_NxTxP = jax.lax.scan(body, de0, (jnp.arange(n), u_NxTxP))
-  return du_NxTxP, de_CxP
+  du_NxTxP, de_NxCxP, aux_N = jax.lax.map(one, (jnp.arange(u_NxTxP.shape[0]), u_NxTxP))
+  return du_NxTxP, jnp.sum(de_NxCxP, axis=0), jnp.sum(aux_N)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -107,20 +108,13 @@ def _lse_fwd(user_MxD, items_CxD, weights_M, chunk):
   m, d = user_MxD.shape
   u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
   w_NxT = _to_chunks(weights_M.astype(jnp.float32), *u_NxTxP.shape[:2])
-  def body(carry, xs):
-    de_CxP, total = carry
-    i, u_TxP = xs
+
+  def dscore(i, u_TxP):  # ∂(Σ w · lse)/∂s = w · softmax(s), and the chunk's Σ w · lse
     s_TxC = _scores(u_TxP, e_CxP)
     lse_T = jax.nn.logsumexp(s_TxC, axis=-1)
-    g_TxC = (jnp.exp(s_TxC - lse_T[:, None]) * w_NxT[i][:, None]).astype(u_TxP.dtype)
-    du_TxP = jnp.einsum("tc,cp->tp", g_TxC, e_CxP, preferred_element_type=jnp.float32)
-    de_CxP = de_CxP + jnp.einsum("tc,tp->cp", g_TxC, u_TxP, preferred_element_type=jnp.float32)
-    return (de_CxP, total + jnp.sum(lse_T * w_NxT[i])), du_TxP
+    return jnp.exp(s_TxC - lse_T[:, None]) * w_NxT[i][:, None], jnp.sum(lse_T * w_NxT[i])
 
-  n = u_NxTxP.shape[0]
-  (de_CxP, total), du_NxTxP = jax.lax.scan(
-      body, (jnp.zeros(e_CxP.shape, jnp.float32), jnp.zeros((), jnp.float32)), (jnp.arange(n), u_NxTxP)
-  )
+  du_NxTxP, de_CxP, total = _chunk_grads(u_NxTxP, e_CxP, dscore)
   du_MxD = _from_chunks(du_NxTxP, m)[:, :d]
   # d/dw[m] = lse[m]: not needed by the losses (weights are constants), so w gets no gradient.
   return total, (du_MxD.astype(user_MxD.dtype), de_CxP[:, :d].astype(items_CxD.dtype), weights_M)
@@ -161,9 +155,9 @@ def _take_bwd(chunk, res, g_MxK):
 
   def dscore(i, u_TxP):  # the dense [chunk, C] gradient: g scattered to its columns (repeats add)
     del u_TxP
-    return jnp.zeros((r, c), jnp.float32).at[rows_TxK, cols_NxTxK[i]].add(g_NxTxK[i])
+    return jnp.zeros((r, c), jnp.float32).at[rows_TxK, cols_NxTxK[i]].add(g_NxTxK[i]), 0.0
 
-  du_NxTxP, de_CxP = _backward(u_NxTxP, e_CxP, dscore)
+  du_NxTxP, de_CxP, _ = _chunk_grads(u_NxTxP, e_CxP, dscore)
   du_MxD = _from_chunks(du_NxTxP, m)[:, :d].astype(user_MxD.dtype)
   return du_MxD, de_CxP[:, :d].astype(items_CxD.dtype), None
 

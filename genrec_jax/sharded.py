@@ -21,6 +21,7 @@ replicas is psum'd over 'data'). The same functions with mesh=None are the unsha
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,40 @@ DATA, MODEL = "data", "model"
 ROWS = P(MODEL, None)  # the table: rows over 'model'
 MASK = P(MODEL)  # per-row masks (candidates)
 BATCH = P(DATA)  # users, ids: rows over 'data'
+
+
+def data_parallel_loss(
+    loss_fn: Callable[..., Array], mesh: Mesh | None, targets_BxN: Array, batch_args: tuple,
+    replicated_args: tuple,
+) -> Array:
+  """loss_fn(targets, *batch_args, *replicated_args), a mean over the supervised positions
+  (targets != 0), evaluated on each 'data' shard of the batch by itself and combined as
+  Σ_s w_s · mean_s / Σ_s w_s (w_s: the shard's supervised positions; a psum of two scalars).
+
+  The value is the whole batch's mean; what changes is where the collectives go. Under plain jit,
+  XLA's partitioner all-reduces the table gradient of a loop over token chunks
+  (catalog_scores.py) once per chunk, and every all-reduce makes both devices wait; here each
+  device runs its loop alone, and the replicated inputs' gradients are psum'd once (shard_map's
+  transpose). batch_args are split over 'data' on their first axis like targets; mesh None or
+  one 'data' device: loss_fn on the whole batch.
+  """
+  if mesh is None or mesh.shape[DATA] == 1:
+    return loss_fn(targets_BxN, *batch_args, *replicated_args)
+
+  n_batch = len(batch_args)
+
+  def local(targets_l, *args):
+    # Replicated inputs become per-device values ('varying' over 'data'): the gradient of that
+    # cast is the one psum over 'data', and custom VJPs inside loss_fn see matching types.
+    args = args[:n_batch] + tuple(jax.lax.pcast(a, (DATA,), to="varying") for a in args[n_batch:])
+    w_l = jnp.sum(targets_l != 0).astype(jnp.float32)
+    return jax.lax.psum(loss_fn(targets_l, *args) * w_l, DATA), jax.lax.psum(w_l, DATA)
+
+  specs = (BATCH,) * (1 + len(batch_args)) + (P(),) * len(replicated_args)
+  total, w = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(
+      targets_BxN, *batch_args, *replicated_args
+  )
+  return total / jnp.maximum(w, 1.0)
 
 
 def _block(table_local_VxD: Array) -> tuple[Array, int]:

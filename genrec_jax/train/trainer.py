@@ -166,8 +166,10 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array, mesh: Mesh |
         return sharded.sampled_softmax_loss(
             user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, items_mesh
         )
-      return losses.sampled_softmax_loss(
-          user_BxNxD, targets_BxN, table_VxD, catalog, offs, lc.temperature, impl=lc.impl, chunk=chunk
+      return sharded.data_parallel_loss(
+          lambda t, u, o, tab: losses.sampled_softmax_loss(
+              u, t, tab, catalog, o, lc.temperature, impl=lc.impl, chunk=chunk),
+          mesh, targets_BxN, (user_BxNxD, offs), (table_VxD,),
       )
     if lc.name == "full_softmax":
       if items_mesh is not None:  # softmax over the catalog = the rows marked in candidate_V
@@ -175,7 +177,10 @@ def make_loss_fn(model: SequentialRecommender, cfg, catalog: Array, mesh: Mesh |
         return sharded.full_softmax_loss(
             user_BxNxD, targets_BxN, table_VxD, candidate_V, lc.temperature, items_mesh
         )
-      return losses.full_softmax_loss(user_BxNxD, targets_BxN, table_VxD, catalog, lc.temperature, chunk)
+      return sharded.data_parallel_loss(
+          lambda t, u, tab: losses.full_softmax_loss(u, t, tab, catalog, lc.temperature, chunk),
+          mesh, targets_BxN, (user_BxNxD,), (table_VxD,),
+      )
     if lc.name == "infonce":
       # HLLM: one pool of K negatives, uniform over the catalog, shared by every position.
       offs_K = jax.random.randint(k_neg, (lc.num_negatives,), 0, catalog.shape[0])
