@@ -3,18 +3,20 @@
 A loss over the catalog needs s = U Eᵀ ([M, C]: every token's score for every item). Written
 directly, XLA:CPU writes s (M·C floats, 240 MB for 16k tokens × 3.7k items) to memory and
 reads it back several times in the forward and backward passes; the matmuls themselves are
-small (inner dimension D ≈ 50). Here the tokens are processed in chunks of `chunk` rows: each
-chunk's scores are formed, reduced and dropped while they are in cache, and the backward pass
-recomputes them chunk by chunk (one extra matmul, less memory traffic than reading s back).
+small (inner dimension D ≈ 50). Here the tokens are processed in chunks of ≈ `chunk` rows: each
+chunk's scores are formed, used and dropped while they are in cache.
 
-  catalog_logsumexp(U, E)  lse[m]    = log Σ_c exp(U[m] · E[c])
-                           ∂/∂U[m]   = Σ_c p[m, c] E[c],   ∂/∂E[c] = Σ_m p[m, c] U[m]   (p = softmax)
-  catalog_take(U, E, K)    out[m, k] = U[m] · E[K[m, k]]   (the 'dense' sampled-softmax scores)
-                           ∂/∂U[m]   = Σ_k g[m, k] E[K[m, k]],  ∂/∂E[c] = Σ_{(m,k): K[m,k]=c} g[m, k] U[m]
+  catalog_logsumexp_sum(U, E, w) = Σ_m w[m] log Σ_c exp(U[m] · E[c])        (full softmax)
+      ∂/∂U[m] = w[m] Σ_c p[m, c] E[c],   ∂/∂E[c] = Σ_m w[m] p[m, c] U[m]   (p = softmax(s))
+      A scalar, so its gradient is formed in the same pass as its value (one exp per score).
+  catalog_take(U, E, K)[m, k] = U[m] · E[K[m, k]]                          ('dense' sampled softmax)
+      ∂/∂U[m] = Σ_k g[m, k] E[K[m, k]],  ∂/∂E[c] = Σ_{(m,k): K[m,k]=c} g[m, k] U[m]
+      The backward scatters g into a dense [chunk, C] tile and does two matmuls.
 
-Both pad D to a multiple of 16 floats with zeros (same dot products; XLA:CPU's matmul kernels are
-~1.3-1.6x faster on 64 than on 50 columns, measured in docs/results.md) and M to a multiple of
-`chunk` (padded rows get zero gradient). Scores are accumulated in float32 whatever the input dtype.
+Both zero-pad D to a multiple of 16 floats (the same dot products; XLA:CPU's matmul kernels run
+~1.3-1.6x faster on 64 columns than on 50) and M to a whole number of chunks (padded rows get
+zero gradient). Scores are accumulated in float32 whatever the input dtype. Chunk i holds tokens
+i, n + i, 2n + i, ... (`_to_chunks`), so a batch split over devices stays split inside each chunk.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-CHUNK = 1024  # tokens per chunk: a [1024, C] fp32 score tile is 15 MB for C = 3.7k
+CHUNK = 1024  # tokens per chunk (about): a [1024, C] float32 score tile is 15 MB for C = 3.7k
 
 
 def _ceil_div(a: int, b: int) -> int:
