@@ -106,3 +106,13 @@ def test_losses_chunked_equal_plain_program(name):
   np.testing.assert_allclose(float(chunked[0]), float(plain[0]), rtol=1e-6)
   for a, c in zip(plain[1], chunked[1]):
     np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
+def test_negative_loss_chunk_is_a_config_error(ml100k_config):
+  from genrec_jax.config import ConfigError
+  from genrec_jax.models.sequential import build_model
+  from genrec_jax.train import trainer
+
+  cfg = ml100k_config(**{"loss.name": "full_softmax", "loss.chunk": -1})  # ConfigDict keeps it an int
+  with pytest.raises(ConfigError, match="loss.chunk"):
+    trainer.make_loss_fn(build_model(cfg, 50), cfg, jnp.arange(1, 50))

@@ -32,11 +32,10 @@ def test_cast_floats_casts_only_floating_leaves():
 
 
 def test_unknown_compute_dtype_is_a_config_error(ml100k_config, ml100k_task):
-  with pytest.raises(ConfigError, match="compute_dtype"):
-    _setup(ml100k_config, ml100k_task, "float8")
-    trainer.compute_dtype(ml100k_config(**{"train.compute_dtype": "float8"}))
-  with pytest.raises(ConfigError, match="compute_dtype"):
-    trainer.compute_dtype(ml100k_config(**{"train.compute_dtype": "fp16"}))
+  for name in ("float8", "fp16"):
+    cfg, model, _, _, catalog, _ = _setup(ml100k_config, ml100k_task, name)
+    with pytest.raises(ConfigError, match="train.compute_dtype"):
+      trainer.make_loss_fn(model, cfg, catalog)
 
 
 @pytest.mark.parametrize("loss, impl", [("sampled_softmax", "gather"), ("sampled_softmax", "dense"),
