@@ -10,8 +10,9 @@ RecBole masks ALL of the user's past items in the ranking (ours: the last max_se
 ids to the 3,706 rated items (ours ranks the 3,883 catalog items) and trains sequential models on
 every prefix with the loss at the last position. Model settings are RecBole's defaults
 (properties/model/*.yaml; train batch 2048, Adam 1e-3), except SASRec with `--sasrec_preset`.
-Each model trains epoch by epoch, evaluates validation NDCG@10 after each epoch, stops after
---patience epochs without gain, at --epochs, or when --budget_min of wall time is used, and is
+Each model trains epoch by epoch, evaluates validation NDCG@10 every --eval_every epochs (RecBole's
+eval_step), stops after --patience validations without gain, at --epochs, or when --budget_min of
+wall time is used, and is
 tested with its best-validation weights. Writes OUT_DIR/<model>.json (results.json-like: val/test
 metric dicts, best_epoch, epochs_run, stopped_by, wall_time_s) and prints one JSON line per model.
 """
@@ -48,6 +49,8 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--sasrec_preset", default="recbole", choices=sorted(recbole_common.SASREC_PRESETS))
   p.add_argument("--epochs", type=int, default=300, help="RecBole's default epoch cap.")
   p.add_argument("--patience", type=int, default=10, help="RecBole's default stopping_step.")
+  p.add_argument("--eval_every", type=int, default=1,
+                 help="Validate every k epochs (RecBole's eval_step; patience counts validations).")
   p.add_argument("--budget_min", type=float, default=18.0, help="Wall-time cap per model (minutes).")
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--seed", type=int, default=42)
@@ -85,6 +88,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     trainer._train_epoch(train_data, epoch)  # pylint: disable=protected-access
     epoch_s.append(time.perf_counter() - t)
+    if (epoch + 1) % args.eval_every and epoch + 1 < args.epochs:
+      continue  # RecBole's eval_step: validate every k epochs (patience counts validations)
     val = _metrics(trainer.evaluate(valid_data, load_best_model=False))
     if val["ndcg@10"] > best:
       best, best_epoch, best_state, since_best = val["ndcg@10"], epoch, copy.deepcopy(model.state_dict()), 0
