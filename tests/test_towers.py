@@ -259,3 +259,21 @@ def test_bad_config_is_a_config_error(ml100k_tower_data, tmp_path):
     towers.fit(_cfg("two_tower", **{"loss.logq": "bogus"}), ml100k_tower_data, str(tmp_path / "a"))
   with pytest.raises(ConfigError, match="bpr"):
     towers.fit(_cfg("mf_bpr", **{"loss.name": "softmax"}), ml100k_tower_data, str(tmp_path / "b"))
+
+
+def test_sample_unseen_is_uniform_over_the_users_unseen_items():
+  """BPR's negatives: never an item the user has seen; uniform over the rest (chi-square-free check:
+  every unseen item's frequency within 5 sd of uniform)."""
+  seen = np.zeros((3, 11), bool)
+  seen[0, [1, 2, 3, 4, 5, 6]] = True  # user 0 has seen 6 of the 10 catalog items
+  seen[1, [2]] = True
+  catalog = jnp.arange(1, 11)
+  users = jnp.asarray(np.repeat([0, 1, 2], 20000), jnp.int32)
+  neg = np.asarray(losses.sample_unseen(jax.random.key(0), jnp.asarray(seen), users, catalog))
+  for u, unseen in ((0, [7, 8, 9, 10]), (1, [1, 3, 4, 5, 6, 7, 8, 9, 10]), (2, list(range(1, 11)))):
+    got = neg[u * 20000:(u + 1) * 20000]
+    assert set(np.unique(got)) == set(unseen), u
+    p = 1 / len(unseen)
+    sd = np.sqrt(20000 * p * (1 - p))
+    counts = np.bincount(got, minlength=11)[unseen]
+    assert np.all(np.abs(counts - 20000 * p) < 5 * sd), (u, counts)

@@ -69,6 +69,7 @@ def tower_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "bpr"  # 'bpr' | 'softmax' (in-batch and/or sampled, losses.in_batch_softmax_loss)
   c.loss.l2_reg = 0.0  # BPR's λ over the parameters of each sampled triple
+  c.loss.exclude_seen = True  # BPR negatives j ∉ I_u⁺ (the user's training items), as Rendle's D_S
   c.loss.temperature = 0.05
   c.loss.in_batch = True  # softmax: the other positives of the batch are negatives
   # logQ correction of the in-batch candidates: 'empirical' (log B·n_j/Σn over the training
@@ -289,6 +290,12 @@ def make_train_step(model, tx, cfg, data: TowerData, mesh) -> Callable:
   num_c = len(data.catalog)
   base_key = jax.random.key(cfg.seed)
   log_q_V = jnp.asarray(losses.empirical_log_q(data.item_counts(), cfg.train.batch_size))
+  seen_UxV = None
+  if lc.name == "bpr" and lc.get("exclude_seen", True):  # BPR's negatives: items the user has not seen
+    seen = np.zeros((data.num_users, data.num_items), bool)
+    seen[np.repeat(np.arange(data.num_users), data.train_items_UxT.shape[1]), data.train_items_UxT.reshape(-1)] = True
+    seen[:, 0] = False  # padding id; never in the catalog
+    seen_UxV = jnp.asarray(seen)
 
   def loss_fn(params, batch, key, freq):
     def apply(method, *args):
@@ -297,8 +304,12 @@ def make_train_step(model, tx, cfg, data: TowerData, mesh) -> Callable:
     items_B = batch["item"]
     user_BxD = apply(model.user_vectors, batch)
     if lc.name == "bpr":
-      # L = mean −log σ(s_ui − s_uj) + λ Σ_rows ‖θ‖²,  j ~ Uniform(catalog)
-      neg_B = catalog_C[jax.random.randint(key, items_B.shape, 0, num_c)]
+      # L = mean −log σ(s_ui − s_uj) + λ Σ_rows ‖θ‖²,  j ~ Uniform(catalog \ I_u⁺)  (or the whole
+      # catalog with loss.exclude_seen=False)
+      if seen_UxV is not None:
+        neg_B = losses.sample_unseen(key, seen_UxV, batch["user"], catalog_C)
+      else:
+        neg_B = catalog_C[jax.random.randint(key, items_B.shape, 0, num_c)]
       pos_s_B = jnp.sum(user_BxD * apply(model.item_vectors, items_B), axis=-1)
       neg_s_B = jnp.sum(user_BxD * apply(model.item_vectors, neg_B), axis=-1)
       reg = losses.l2_penalty(*apply(model.l2_rows, batch, items_B, neg_B))
