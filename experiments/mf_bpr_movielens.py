@@ -1,5 +1,6 @@
 """MF-BPR (Rendle et al., UAI 2009) on MovieLens-1M: user and item embeddings (D = 64) plus an
-item bias, BPR with one uniform negative per (user, item), Adam; our leave-one-out full ranking.
+item bias, BPR with one negative per (user, item) drawn from the items the user has not seen,
+Adam; our leave-one-out full ranking.
 
 Reproduce (leave-one-out, best epoch on validation NDCG@10):
   python -m experiments.mf_bpr_movielens --workdir runs/mf_bpr_ml1m

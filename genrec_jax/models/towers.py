@@ -5,7 +5,8 @@ the same full ranking as the sequential models (`metrics.target_ranks(user_BxD, 
 
   MF-BPR (Rendle et al., UAI 2009)
     s(u, i) = <p_u, q_i> + b_i          (b_i optional; folded in as u' = [p_u, 1], v'_i = [q_i, b_i])
-    trained with BPR, −log σ(s(u, i) − s(u, j)), one uniform negative j per (u, i), + λ‖Θ‖².
+    trained with BPR, −log σ(s(u, i) − s(u, j)), one negative j per (u, i) drawn uniformly from the
+    items u has not seen, + λ‖Θ‖².
 
   Two-tower retrieval (Yi et al., RecSys 2019)
     u = normalise(MLP_u([E_gender[g], E_age[a], E_occ[o], E_zip[z], mean_{h ∈ history} H[h]]))
