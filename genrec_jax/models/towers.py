@@ -219,7 +219,8 @@ def build_tower_model(
   hidden = tuple(m.hidden_dims)
   users = tuple(user_vocab_sizes) if m.get("user_features", True) else ()
   if m.name == "mf_bpr":
-    return MatrixFactorization(num_users, num_items, m.embed_dim, use_bias=m.use_bias)
+    return MatrixFactorization(num_users, num_items, m.embed_dim, use_bias=m.use_bias,
+                               init_std=m.get("init_std", 0.1))
   if m.name == "two_tower":
     use_attrs = m.get("item_features", True) and item_attrs is not None and item_attrs.shape[1] > 0
     return TwoTower(

@@ -62,6 +62,7 @@ def tower_config() -> ml_collections.ConfigDict:
   c.model.embed_dim = 64
   c.model.hidden_dims = (256,)  # MLP tower widths (two-tower, YouTubeDNN)
   c.model.use_bias = True  # MF-BPR item bias
+  c.model.init_std = 0.1  # MF-BPR: embeddings ~ N(0, init_std²) (Rendle's 0.1)
   c.model.user_features = True  # MovieLens demographics in the user tower
   c.model.item_features = True  # two-tower: genres (MovieLens) / attributes (Amazon)
   c.model.use_history = True  # two-tower: mean-pooled history in the user tower
