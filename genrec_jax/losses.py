@@ -92,7 +92,6 @@ def sampled_softmax_loss(
   """Sampled softmax loss; `table_VxD` is the normalised item table, `catalog_C` its valid ids.
   chunk: tokens scored against the catalog at a time by impl='dense' (catalog_scores.py); 0 = all
   at once, the plain program (the reference the chunked one is tested against)."""
-  weights_BxN = (targets_BxN != 0).astype(jnp.float32)
   neg_ids_BxNxK = catalog_C[neg_offsets_BxNxK]
   pos_BxN = _dot(user_BxNxD, table_VxD[targets_BxN]) / temperature
   if impl == "dense" and chunk == 0:  # the plain program: all [B, N, C] logits at once
@@ -110,10 +109,19 @@ def sampled_softmax_loss(
     neg_BxNxK = gathered_dot(user_BxNxD, table_VxD, neg_ids_BxNxK) / temperature
   else:
     raise ValueError(f"unknown sampled-softmax impl {impl!r}")
+  return sampled_softmax_from_logits(pos_BxN, neg_BxNxK, neg_ids_BxNxK, targets_BxN)
+
+
+def sampled_softmax_from_logits(
+    pos_BxN: Array, neg_BxNxK: Array, neg_ids_BxNxK: Array, targets_BxN: Array
+) -> Array:
+  """Mean over supervised positions (target != 0) of −log softmax([pos, negs])[0], a negative
+  equal to the target masked to MASKED_LOGIT. Shared by every sampled-softmax implementation
+  (here and the row-sharded one in sharded.py), which differ only in how they score."""
   neg_BxNxK = jnp.where(neg_ids_BxNxK == targets_BxN[..., None], MASKED_LOGIT, neg_BxNxK)
   all_BxNx1K = jnp.concatenate([pos_BxN[..., None], neg_BxNxK], axis=-1)
   loss_BxN = jax.nn.logsumexp(all_BxNx1K, axis=-1) - pos_BxN
-  return _weighted_mean(loss_BxN, weights_BxN)
+  return _weighted_mean(loss_BxN, (targets_BxN != 0).astype(jnp.float32))
 
 
 def full_softmax_loss(

@@ -13,7 +13,7 @@ from genrec_jax.config import ConfigError
 from genrec_jax.data import text
 from genrec_jax.data.registry import load_task
 from genrec_jax.models import hllm as hllm_models
-from genrec_jax.train import trainer
+from genrec_jax.train import loop, trainer
 
 
 def run_sequential(
@@ -33,7 +33,7 @@ def run_sequential(
   if not distributed.is_main_process():  # process 0 writes the report and prints
     return results
   table = report.comparison_table(results, cfg.paper.to_dict() or None)
-  history = trainer.RunLog(wd).history()
+  history = loop.RunLog(wd).history()
   report.plot_curve(history, wd / "val_ndcg10.png")
   (wd / "report.md").write_text(report.run_summary(wd) + "\n")
   print(table)
@@ -83,7 +83,7 @@ def run_hllm(cfg: ml_collections.ConfigDict, workdir: str, data_dir: str, resume
       print(report.comparison_table(out, cfg.paper.to_dict() or None))
       return out
     results = trainer.fit(cfg, task, workdir, resume=resume)
-  history = trainer.RunLog(wd).history()
+  history = loop.RunLog(wd).history()
   report.plot_curve([r for r in history if "val" in r or "test" in r], wd / "val_ndcg10.png")
   (wd / "report.md").write_text(report.run_summary(wd) + "\n")
   print(report.comparison_table(results, cfg.paper.to_dict() or None))

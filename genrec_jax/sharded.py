@@ -130,15 +130,12 @@ def sampled_softmax_loss(
 ) -> Array:
   """`losses.sampled_softmax_loss` (same negatives, masking and mean) on a row-sharded table:
   the positive and the K negatives of each position are scored in one psum of B·N·(1+K) floats."""
-  weights_BxN = (targets_BxN != 0).astype(jnp.float32)
   neg_ids_BxNxK = catalog_C[neg_offsets_BxNxK]
   ids_BxNx1K = jnp.concatenate([targets_BxN[..., None], neg_ids_BxNxK], axis=-1)
   logits_BxNx1K = gathered_logits(user_BxNxD, table_VxD, ids_BxNx1K, mesh) / temperature
-  pos_BxN, neg_BxNxK = logits_BxNx1K[..., 0], logits_BxNx1K[..., 1:]
-  neg_BxNxK = jnp.where(neg_ids_BxNxK == targets_BxN[..., None], losses.MASKED_LOGIT, neg_BxNxK)
-  all_BxNx1K = jnp.concatenate([pos_BxN[..., None], neg_BxNxK], axis=-1)
-  loss_BxN = jax.nn.logsumexp(all_BxNx1K, axis=-1) - pos_BxN
-  return losses._weighted_mean(loss_BxN, weights_BxN)  # pylint: disable=protected-access
+  return losses.sampled_softmax_from_logits(
+      logits_BxNx1K[..., 0], logits_BxNx1K[..., 1:], neg_ids_BxNxK, targets_BxN
+  )
 
 
 def full_softmax_loss(

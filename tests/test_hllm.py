@@ -30,7 +30,7 @@ from genrec_jax.nn.hllm import HLLM, ItemLLM, LlamaStack, UserLLM, segment_causa
 from genrec_jax.nn.llama import Llama, LlamaConfig
 from genrec_jax.pretrained import PretrainedNotInstalledError
 from genrec_jax.train import hllm as hllm_train
-from genrec_jax.train import trainer
+from genrec_jax.train import loop, trainer
 
 TINY = LlamaConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
                    ffn_size=32, rope_theta=10000.0, rms_eps=1e-5)
@@ -363,7 +363,7 @@ def test_end_to_end_fit_loss_falls_and_writes_results(tmp_path):
                         "train.weight_decay": 0.01, "train.eval_batch_size": 16,
                         "loss.num_negatives": 8})
   results = hllm_train.fit_e2e(cfg, task, texts, str(tmp_path / "run"), pretrained=tiny_checkpoint())
-  history = trainer.RunLog(tmp_path / "run").history()
+  history = loop.RunLog(tmp_path / "run").history()
   assert [r["step"] for r in history] == [10, 20, 30, 40]
   assert all(0.0 <= r["nce_kept"] <= 1.0 for r in history)
   print(f"e2e loss: first 10 steps {results['train_loss_first_steps']:.3f}, "
@@ -444,7 +444,7 @@ def test_end_to_end_resume_after_interruption_equals_an_uninterrupted_run(tmp_pa
   for split in ("val", "test"):
     for k, v in whole[split].items():
       assert resumed[split][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (split, k)
-  steps = [r["step"] for r in trainer.RunLog(tmp_path / "cut").history()]
+  steps = [r["step"] for r in loop.RunLog(tmp_path / "cut").history()]
   assert steps == [10, 20, 30, 40]  # nothing logged twice
 
 

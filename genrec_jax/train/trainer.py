@@ -28,7 +28,6 @@ from genrec_jax.data.sequences import Examples, Split
 from genrec_jax.models.sequential import SequentialRecommender, build_model
 from genrec_jax.train import loop, mesh as mesh_lib
 from genrec_jax.train.checkpoint import Checkpoints
-from genrec_jax.train.loop import RunLog  # noqa: F401 (moved to loop.py; trainer.RunLog still works)
 
 Array = jax.Array
 State = dict[str, Any]  # {'params', 'opt_state', 'step'}
