@@ -75,21 +75,49 @@ def _prepare(user_MxD: Array, items_CxD: Array, chunk: int) -> tuple[Array, Arra
   return _to_chunks(_pad_to(user_MxD, 1, 16), n, r), _pad_to(items_CxD, 1, 16)
 
 
-def _chunk_grads(u_NxTxP: Array, e_CxP: Array, dscore_fn) -> tuple[Array, Array, Array]:
-  """For each chunk i: (G, a) = dscore_fn(i, U_i), dU_i = G E, dE_i = Gᵀ U_i; returns
-  (dU [n, r, P], Σ_i dE_i [C, P], Σ_i a_i). No loop carry: each chunk's dE_i is an output summed
-  after the loop, so under shard_map every device's loop stays local (no per-chunk collective)."""
+def _chunk_grads(
+    u_NxTxP: Array, e_CxP: Array, dscore_fn, active: Array | None = None
+) -> tuple[Array, Array, Array]:
+  """For each chunk i: (G, a) = dscore_fn(i, U_i), dU_i = G E, dE += Gᵀ U_i; returns
+  (dU [n, r, P], Σ_i dE_i [C, P], Σ_i a_i). dE is a float32 accumulator carried through the loop,
+  created from the table so that under shard_map it is per-device like the table (every device's
+  loop stays local: no per-chunk collective). active: chunks i >= active are skipped (G = 0)."""
 
-  def one(xs):
-    i, u_TxP = xs
+  def compute(carry, i, u_TxP):
+    de_CxP, total = carry
     g_TxC, aux = dscore_fn(i, u_TxP)
     g_TxC = g_TxC.astype(u_TxP.dtype)
     du_TxP = jnp.einsum("tc,cp->tp", g_TxC, e_CxP, preferred_element_type=jnp.float32)
-    de_CxP = jnp.einsum("tc,tp->cp", g_TxC, u_TxP, preferred_element_type=jnp.float32)
-    return du_TxP, de_CxP, aux
+    de_CxP = de_CxP + jnp.einsum("tc,tp->cp", g_TxC, u_TxP, preferred_element_type=jnp.float32)
+    return (de_CxP, total + aux), du_TxP
 
-  du_NxTxP, de_NxCxP, aux_N = jax.lax.map(one, (jnp.arange(u_NxTxP.shape[0]), u_NxTxP))
-  return du_NxTxP, jnp.sum(de_NxCxP, axis=0), jnp.sum(aux_N)
+  def one(carry, xs):
+    i, u_TxP = xs
+    if active is None:
+      return compute(carry, i, u_TxP)
+    skip = lambda carry, i, u_TxP: (carry, jnp.zeros(u_TxP.shape, jnp.float32) * u_TxP)
+    return jax.lax.cond(i < active, compute, skip, carry, i, u_TxP)
+
+  zero_CxP = jnp.zeros_like(e_CxP, dtype=jnp.float32)
+  carry0 = (zero_CxP, jnp.sum(zero_CxP[0, :1]))  # a float32 zero typed like the table
+  (de_CxP, total), du_NxTxP = jax.lax.scan(one, carry0, (jnp.arange(u_NxTxP.shape[0]), u_NxTxP))
+  return du_NxTxP, de_CxP, total
+
+
+def _weighted_first(user_MxD: Array, weights_M: Array, chunk: int):
+  """The rows with non-zero weight moved to the front, cut into contiguous chunks.
+
+  Returns (users [n, r, D], weights [n, r], order [M], active): row j of the flattened chunks is
+  token order[j]; chunks >= active hold only zero-weight rows (padding, unsupervised positions),
+  whose scores need not be formed. Contiguous rather than strided (`_to_chunks`): inside
+  data_parallel_loss (sharded.py) each device reorders only its own tokens."""
+  m = user_MxD.shape[0]
+  n, r = _layout(m, chunk)
+  order_M = jnp.argsort(weights_M == 0, stable=True)
+  u_NxTxD = _pad_to(user_MxD[order_M], 0, n * r).reshape(n, r, -1)
+  w_NxT = _pad_to(weights_M.astype(jnp.float32)[order_M], 0, n * r).reshape(n, r)
+  active = _ceil_div(jnp.sum(weights_M != 0), r)
+  return u_NxTxD, w_NxT, order_M, active
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -98,26 +126,33 @@ def catalog_logsumexp_sum(user_MxD: Array, items_CxD: Array, weights_M: Array, c
 
   A scalar, so the gradient can be formed in the same pass as the value: each chunk's scores are
   exponentiated once, for the log-sum-exp and for p = softmax (3 matmuls and one exp per score,
-  instead of the 4 and 2 of a forward pass followed by a recomputing backward pass).
+  instead of the 4 and 2 of a forward pass followed by a recomputing backward pass). Tokens of
+  weight 0 are moved behind the others and their chunks skipped (`_weighted_first`).
   """
-  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
-  w_NxT = _to_chunks(weights_M.astype(jnp.float32), *u_NxTxP.shape[:2])
-  lse_NxT = jax.lax.map(lambda u_TxP: jax.nn.logsumexp(_scores(u_TxP, e_CxP), axis=-1), u_NxTxP)
-  return jnp.sum(lse_NxT * w_NxT)
+  u_NxTxD, w_NxT, _, active = _weighted_first(user_MxD, weights_M, chunk)
+  u_NxTxP, e_CxP = _pad_to(u_NxTxD, 2, 16), _pad_to(items_CxD, 1, 16)
+
+  def one(xs):
+    i, u_TxP, w_T = xs
+    value = lambda: jnp.sum(jax.nn.logsumexp(_scores(u_TxP, e_CxP), axis=-1) * w_T)
+    return jax.lax.cond(i < active, value, lambda: jnp.sum(w_T) * 0.0)
+
+  return jnp.sum(jax.lax.map(one, (jnp.arange(u_NxTxP.shape[0]), u_NxTxP, w_NxT)))
 
 
 def _lse_fwd(user_MxD, items_CxD, weights_M, chunk):
   m, d = user_MxD.shape
-  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
-  w_NxT = _to_chunks(weights_M.astype(jnp.float32), *u_NxTxP.shape[:2])
+  u_NxTxD, w_NxT, order_M, active = _weighted_first(user_MxD, weights_M, chunk)
+  u_NxTxP, e_CxP = _pad_to(u_NxTxD, 2, 16), _pad_to(items_CxD, 1, 16)
 
   def dscore(i, u_TxP):  # ∂(Σ w · lse)/∂s = w · softmax(s), and the chunk's Σ w · lse
     s_TxC = _scores(u_TxP, e_CxP)
     lse_T = jax.nn.logsumexp(s_TxC, axis=-1)
     return jnp.exp(s_TxC - lse_T[:, None]) * w_NxT[i][:, None], jnp.sum(lse_T * w_NxT[i])
 
-  du_NxTxP, de_CxP, total = _chunk_grads(u_NxTxP, e_CxP, dscore)
-  du_MxD = _from_chunks(du_NxTxP, m)[:, :d]
+  du_NxTxP, de_CxP, total = _chunk_grads(u_NxTxP, e_CxP, dscore, active)
+  du_sorted_MxD = du_NxTxP.reshape(-1, du_NxTxP.shape[-1])[:m, :d]
+  du_MxD = du_sorted_MxD[jnp.argsort(order_M)]  # back to the tokens' own order
   # d/dw[m] = lse[m]: not needed by the losses (weights are constants), so w gets no gradient.
   return total, (du_MxD.astype(user_MxD.dtype), de_CxP[:, :d].astype(items_CxD.dtype), weights_M)
 
@@ -165,3 +200,59 @@ def _take_bwd(chunk, res, g_MxK):
 
 
 catalog_take.defvjp(_take_fwd, _take_bwd)
+
+
+GATHER_ROWS = 8192  # gathered item rows per chunk of catalog_gather_dot: 2 MB at 64 floats
+
+
+def gather_chunk(num_sampled: int) -> int:
+  """Tokens per chunk of `catalog_gather_dot` for K sampled items per token (≈ GATHER_ROWS rows)."""
+  return max(8, GATHER_ROWS // max(1, num_sampled))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def catalog_gather_dot(user_MxD: Array, items_CxD: Array, ids_MxK: Array, chunk: int) -> Array:
+  """out[m, k] = <user[m], items[ids[m, k]]>, float32 [M, K], `chunk` tokens at a time.
+
+  The same numbers as gathering all M·K rows at once (`items[ids]`, the reference's way), but each
+  chunk's [chunk, K, P] rows are gathered, used and dropped while they are in cache; written at
+  once they are M·K·D floats (400 MB for 16k tokens × 128 negatives), and on XLA:CPU writing and
+  re-reading that array costs ~3x the arithmetic. The backward pass gathers each chunk's rows
+  again:  ∂/∂user[m] = Σ_k g[m, k] items[ids[m, k]],  ∂/∂items[c] = Σ_{ids[m,k]=c} g[m, k] user[m]
+  (a scatter-add into a float32 [C, P] accumulator carried through the loop).
+  """
+  return _gather_fwd(user_MxD, items_CxD, ids_MxK, chunk)[0]
+
+
+def _gather_fwd(user_MxD, items_CxD, ids_MxK, chunk):
+  m = user_MxD.shape[0]
+  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
+  ids_NxTxK = _to_chunks(ids_MxK, *u_NxTxP.shape[:2])
+  out_NxTxK = jax.lax.map(
+      lambda xs: jnp.einsum("tp,tkp->tk", xs[0], e_CxP[xs[1]], preferred_element_type=jnp.float32),
+      (u_NxTxP, ids_NxTxK),
+  )
+  return _from_chunks(out_NxTxK, m), (user_MxD, items_CxD, ids_NxTxK)
+
+
+def _gather_bwd(chunk, res, g_MxK):
+  user_MxD, items_CxD, ids_NxTxK = res
+  m, d = user_MxD.shape
+  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
+  g_NxTxK = _to_chunks(g_MxK, *ids_NxTxK.shape[:2]).astype(u_NxTxP.dtype)
+
+  def one(de_CxP, xs):
+    u_TxP, ids_TxK, g_TxK = xs
+    du_TxP = jnp.einsum("tk,tkp->tp", g_TxK, e_CxP[ids_TxK], preferred_element_type=jnp.float32)
+    rows_TKxP = (g_TxK.astype(jnp.float32)[..., None] * u_TxP.astype(jnp.float32)[:, None, :])
+    de_CxP = de_CxP.at[ids_TxK.reshape(-1)].add(rows_TKxP.reshape(-1, rows_TKxP.shape[-1]))
+    return de_CxP, du_TxP
+
+  # The accumulator starts as zeros shaped (and, under shard_map, typed) like the table.
+  de0_CxP = jnp.zeros_like(e_CxP, dtype=jnp.float32)
+  de_CxP, du_NxTxP = jax.lax.scan(one, de0_CxP, (u_NxTxP, ids_NxTxK, g_NxTxK))
+  du_MxD = _from_chunks(du_NxTxP, m)[:, :d].astype(user_MxD.dtype)
+  return du_MxD, de_CxP[:, :d].astype(items_CxD.dtype), None
+
+
+catalog_gather_dot.defvjp(_gather_fwd, _gather_bwd)

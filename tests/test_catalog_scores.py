@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genrec_jax.catalog_scores import catalog_logsumexp_sum, catalog_take
+from genrec_jax.catalog_scores import catalog_gather_dot, catalog_logsumexp_sum, catalog_take
 
 
 def _data(m, d, c, k, seed=0):
@@ -69,6 +69,38 @@ def test_take_value_and_gradients_match_numpy(m, d, c, k, chunk):
   np.testing.assert_allclose(np.asarray(de), ref_de, rtol=1e-4, atol=1e-5 * np.abs(ref_de).max())
 
 
+@pytest.mark.parametrize("zero_frac", [0.7, 1.0])
+def test_logsumexp_sum_skips_zero_weight_rows_exactly(zero_frac):
+  """Zero-weight rows (padding) scattered through the batch: moved behind the others and their
+  chunks skipped; value and gradients still equal NumPy, zero-weight rows get zero gradient."""
+  u, e, w, _, _ = _data(1000, 50, 300, 1, seed=3)
+  w[np.random.default_rng(5).random(1000) < zero_frac] = 0.0
+  f = jax.jit(jax.value_and_grad(lambda u, e: catalog_logsumexp_sum(u, e, jnp.asarray(w), 64), argnums=(0, 1)))
+  value, (du, de) = f(u, e)
+  ref, ref_du, ref_de = _np_lse_sum_and_grads(u, e, w)
+  np.testing.assert_allclose(float(value), ref, rtol=2e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(du), ref_du, rtol=1e-4, atol=1e-5 * max(np.abs(ref_du).max(), 1))
+  np.testing.assert_allclose(np.asarray(de), ref_de, rtol=1e-4, atol=1e-5 * max(np.abs(ref_de).max(), 1))
+  assert not np.any(np.asarray(du)[w == 0])
+  np.testing.assert_allclose(float(jax.jit(catalog_logsumexp_sum, static_argnums=3)(u, e, w, 64)), ref,
+                             rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("m, d, c, k, chunk", SHAPES)
+def test_gather_dot_value_and_gradients_match_numpy(m, d, c, k, chunk):
+  u, e, _, ids, g = _data(m, d, c, k, seed=6)
+  ids[0, :] = ids[0, 0]  # an item sampled several times for one token: its gradients add up
+  ids[:, 0] = ids[0, 0]  # and by many tokens
+  out = jax.jit(catalog_gather_dot, static_argnums=3)(u, e, ids, chunk)
+  du, de = jax.jit(jax.grad(lambda u, e: jnp.sum(catalog_gather_dot(u, e, jnp.asarray(ids), chunk) * g),
+                            argnums=(0, 1)))(u, e)
+  ref, ref_du, ref_de = _np_take_and_grads(u, e, ids, g)
+  assert out.shape == (m, k) and out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(du), ref_du, rtol=1e-4, atol=1e-5 * np.abs(ref_du).max())
+  np.testing.assert_allclose(np.asarray(de), ref_de, rtol=1e-4, atol=1e-5 * np.abs(ref_de).max())
+
+
 def test_bfloat16_inputs_accumulate_in_float32():
   u, e, w, cols, _ = _data(300, 50, 40, 6, seed=2)
   ub, eb = jnp.asarray(u, jnp.bfloat16), jnp.asarray(e, jnp.bfloat16)
@@ -77,7 +109,10 @@ def test_bfloat16_inputs_accumulate_in_float32():
   # exact products of the bf16-rounded inputs, summed in float32
   ref, _, _ = _np_take_and_grads(np.asarray(ub, np.float32), np.asarray(eb, np.float32), cols, np.ones((300, 6)))
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(catalog_gather_dot(ub, eb, jnp.asarray(cols), 64)), ref, rtol=1e-5, atol=1e-4)
   du, de = jax.grad(lambda u, e: catalog_logsumexp_sum(u, e, jnp.asarray(w), 64), argnums=(0, 1))(ub, eb)
+  assert du.dtype == jnp.bfloat16 and de.dtype == jnp.bfloat16
+  du, de = jax.grad(lambda u, e: jnp.sum(catalog_gather_dot(u, e, jnp.asarray(cols), 64)), argnums=(0, 1))(ub, eb)
   assert du.dtype == jnp.bfloat16 and de.dtype == jnp.bfloat16
 
 
