@@ -175,14 +175,20 @@ def catalog_take(user_MxD: Array, items_CxD: Array, cols_MxK: Array, chunk: int 
   return _take_fwd(user_MxD, items_CxD, cols_MxK, chunk)[0]
 
 
-def _take_fwd(user_MxD, items_CxD, cols_MxK, chunk):
+def _sampled_scores_fwd(user_MxD, items_CxD, cols_MxK, chunk, score_fn):
+  """out [M, K] = score_fn(U_i, E, cols_i) chunk by chunk, and the residuals of both VJPs."""
   m = user_MxD.shape[0]
   u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
   cols_NxTxK = _to_chunks(cols_MxK, *u_NxTxP.shape[:2])
-  out_NxTxK = jax.lax.map(
-      lambda xs: jnp.take_along_axis(_scores(xs[0], e_CxP), xs[1], axis=-1), (u_NxTxP, cols_NxTxK)
-  )
+  out_NxTxK = jax.lax.map(lambda xs: score_fn(xs[0], e_CxP, xs[1]), (u_NxTxP, cols_NxTxK))
   return _from_chunks(out_NxTxK, m), (user_MxD, items_CxD, cols_NxTxK)
+
+
+def _take_fwd(user_MxD, items_CxD, cols_MxK, chunk):
+  return _sampled_scores_fwd(
+      user_MxD, items_CxD, cols_MxK, chunk,
+      lambda u_TxP, e_CxP, cols_TxK: jnp.take_along_axis(_scores(u_TxP, e_CxP), cols_TxK, axis=-1),
+  )
 
 
 def _take_bwd(chunk, res, g_MxK):
@@ -229,14 +235,11 @@ def catalog_gather_dot(user_MxD: Array, items_CxD: Array, ids_MxK: Array, chunk:
 
 
 def _gather_fwd(user_MxD, items_CxD, ids_MxK, chunk):
-  m = user_MxD.shape[0]
-  u_NxTxP, e_CxP = _prepare(user_MxD, items_CxD, chunk)
-  ids_NxTxK = _to_chunks(ids_MxK, *u_NxTxP.shape[:2])
-  out_NxTxK = jax.lax.map(
-      lambda xs: jnp.einsum("tp,tkp->tk", xs[0], e_CxP[xs[1]], preferred_element_type=jnp.float32),
-      (u_NxTxP, ids_NxTxK),
+  return _sampled_scores_fwd(
+      user_MxD, items_CxD, ids_MxK, chunk,
+      lambda u_TxP, e_CxP, ids_TxK: jnp.einsum(
+          "tp,tkp->tk", u_TxP, e_CxP[ids_TxK], preferred_element_type=jnp.float32),
   )
-  return _from_chunks(out_NxTxK, m), (user_MxD, items_CxD, ids_NxTxK)
 
 
 def _gather_bwd(chunk, res, g_MxK):
