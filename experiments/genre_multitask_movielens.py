@@ -4,7 +4,7 @@ rating regression (1–5) and 'liked' (rating >= 4), optional MF (CF) tower blen
 Heads and their loss weights are switched with --config.tasks.<retrieval|rating|liked>.{on,weight};
 the CF tower with --config.cf.on (blend 'learned' or 'fixed', --config.cf.weight). See
 genrec_jax/train/multitask.py for the losses and metrics. Single-task vs multi-task (docs/multitask.md
-has the table; it used --config.train.num_epochs=2 for every row):
+has the table; it used --data_dir ../shared/data --config.train.num_epochs=40 for every row):
   retrieval only: python -m experiments.genre_multitask_movielens --workdir runs/mt_retrieval \
                     --config.tasks.rating.on=False --config.tasks.liked.on=False
   rating only:    python -m experiments.genre_multitask_movielens --workdir runs/mt_rating \
