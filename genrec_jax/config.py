@@ -89,7 +89,7 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0
   c.train.grad_clip_norm = 0.0  # > 0: clip gradients to this global L2 norm first; 0 = off
   c.train.patience = 0  # early stopping on val NDCG@10 after this many epochs without gain; 0 = off
-  c.train.eval_batch_size = 128  # users per validation batch: 1.5-1.8 s per ML-1M pass vs 2.4-2.8 s at 256 (results.md, session 6)
+  c.train.eval_batch_size = 128  # users per validation batch (128 vs 256: results.md, session 6)
   c.train.select_metric = "ndcg@10"
   # PRNG for dropout masks and negatives: 'threefry2x32' (JAX default) or 'rbg' (XLA's
   # RngBitGenerator: cheaper on CPU). Both are deterministic for a seed on a given backend.
