@@ -99,7 +99,7 @@ def _chunk_grads(
     i, u_TxP = xs
     if active is None:
       return compute(carry, i, u_TxP)
-    skip = lambda carry, i, u_TxP: (carry, jnp.zeros(u_TxP.shape, jnp.float32) * u_TxP)
+    skip = lambda carry, i, u_TxP: (carry, jnp.zeros_like(u_TxP, dtype=jnp.float32))
     return jax.lax.cond(i < active, compute, skip, carry, i, u_TxP)
 
   zero_CxP = jnp.zeros_like(e_CxP, dtype=jnp.float32)

@@ -41,9 +41,13 @@ def _weighted_mean(loss_BxN: Array, weights_BxN: Array) -> Array:
   return jnp.sum(loss_BxN * weights_BxN) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
 
 
-def gathered_dot(user_xD: Array, table_VxD: Array, ids_xK: Array) -> Array:
+def gathered_dot(user_xD: Array, table_VxD: Array, ids_xK: Array, chunk: int = CHUNK) -> Array:
   """logits[..., k] = <user[...], table[ids[..., k]]> (leading dims shared by user and ids), in
-  float32; gathered a chunk of tokens at a time (catalog_scores.catalog_gather_dot)."""
+  float32. chunk > 0: the rows are gathered `gather_chunk(K)` tokens at a time
+  (catalog_scores.catalog_gather_dot; the size is set by K, not by `chunk`); chunk = 0: all
+  [..., K, D] rows at once, the plain program."""
+  if chunk == 0:
+    return jnp.einsum("...d,...kd->...k", user_xD, table_VxD[ids_xK], preferred_element_type=jnp.float32)
   lead, d, k = user_xD.shape[:-1], user_xD.shape[-1], ids_xK.shape[-1]
   logits_MxK = catalog_gather_dot(
       user_xD.reshape(-1, d), table_VxD, ids_xK.reshape(-1, k), gather_chunk(k)
@@ -67,8 +71,9 @@ def sampled_softmax_loss(
     chunk: int = CHUNK,
 ) -> Array:
   """Sampled softmax loss; `table_VxD` is the normalised item table, `catalog_C` its valid ids.
-  chunk: tokens scored against the catalog at a time by impl='dense' (catalog_scores.py); 0 = all
-  at once, the plain program (the reference the chunked one is tested against)."""
+  chunk: tokens scored against the catalog at a time by impl='dense' (catalog_scores.py; 'gather'
+  sizes its chunks by K, see gathered_dot); 0 = all at once, the plain program of either impl
+  (the reference the chunked ones are tested against)."""
   neg_ids_BxNxK = catalog_C[neg_offsets_BxNxK]
   pos_BxN = _dot(user_BxNxD, table_VxD[targets_BxN]) / temperature
   if impl == "dense" and chunk == 0:  # the plain program: all [B, N, C] logits at once
@@ -83,7 +88,7 @@ def sampled_softmax_loss(
     )
     neg_BxNxK = neg_MxK.reshape(b, n, -1)
   elif impl == "gather":
-    neg_BxNxK = gathered_dot(user_BxNxD, table_VxD, neg_ids_BxNxK) / temperature
+    neg_BxNxK = gathered_dot(user_BxNxD, table_VxD, neg_ids_BxNxK, chunk) / temperature
   else:
     raise ValueError(f"unknown sampled-softmax impl {impl!r}")
   return sampled_softmax_from_logits(pos_BxN, neg_BxNxK, neg_ids_BxNxK, targets_BxN)
