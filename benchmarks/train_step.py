@@ -42,6 +42,7 @@ def _time(fn) -> float:
 
 def main(argv) -> None:
   del argv
+  from genrec_jax import distributed
   from genrec_jax.data import pipeline
   from genrec_jax.data.registry import load_task
   from genrec_jax.data import text
@@ -58,12 +59,13 @@ def main(argv) -> None:
   state = trainer.init_state(model, tx, cfg, jax.random.key(cfg.seed))
   step_fn = trainer.make_train_step(model, tx, cfg, catalog, mesh)
   n_warm, n_time = 3, flags.FLAGS.steps
-  batches = [
-      trainer.to_device(
-          pipeline.train_batch(task.split.train, cfg.train.batch_size, cfg.seed, cfg.data.pack, k), mesh
-      )
-      for k in range(n_warm + n_time)
-  ]
+  # The trainer's own batches: its row layout over the devices and, with
+  # data.stochastic_length_alpha > 0, Stochastic Length applied (epoch 0's shortened examples).
+  shard = distributed.data_shard(mesh)
+  dataset = pipeline.train_dataset(
+      task.split.train, cfg.train.batch_size, cfg.seed, n_warm + n_time, cfg.data.pack, shard,
+      pipeline.row_multiple(shard[2]), cfg.data.get("stochastic_length_alpha", 0.0))
+  batches = [trainer.to_device(dataset[k], mesh) for k in range(n_warm + n_time)]
   # XLA's cost analysis counts a loop body once, and the catalog losses loop over token chunks
   # (catalog_scores.py, which also pads D to 16 lanes): count the model FLOPs on the plain program
   # of the same step (loss.chunk = 0: all tokens at once, no padding).
@@ -114,6 +116,7 @@ def main(argv) -> None:
       "roofline_fraction": round(useful / (peak * 1e9) / med, 4),
       "rows_per_batch": sorted({int(b["ids"].shape[0]) for b in batches}),
       "pack": bool(cfg.data.pack),
+      "stochastic_length_alpha": float(cfg.data.get("stochastic_length_alpha", 0.0)),
       "loss_impl": cfg.loss.impl,
       "devices": jax.device_count(),
       "cpu": platform.processor() or platform.machine(),

@@ -1,4 +1,5 @@
-"""benchmarks/peers/ml1m.py (the peers' batches) and benchmarks/compare_peers.py (the table)."""
+"""benchmarks/peers/ml1m.py (the peers' batches), recbole_common.py (RecBole's atomic files) and
+benchmarks/compare_peers.py (the table)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "peers"))
 import ml1m  # noqa: E402  (numpy-only sibling module of the peer scripts)
+import recbole_common  # noqa: E402  (imports no RecBole itself)
 
 from benchmarks import compare_peers  # noqa: E402
 
@@ -54,3 +56,18 @@ def test_table_ratios_and_epochs():
   # peer roofline = 40 GFLOP / 200 GFLOP/s / 1 s = 20%; ours epoch = 48 steps x 0.1 s; peer 480 x 1 s.
   assert cells == ["w", "x", "100", "25.0%", "1000", "20.0%", "10.0", "4.8", "480", "100"]
   assert "error" in lines[3] and "n/a" in lines[3]
+
+
+def test_recbole_amazon_inter_keeps_each_users_line_order(data_dir, tmp_path):
+  """The real Beauty file as RecBole's .inter: every interaction once, and per user the items in
+  the line's order under the position timestamps RecBole sorts by."""
+  root = recbole_common.prepare("amazon-beauty", str(data_dir), str(tmp_path))
+  rows = np.loadtxt(tmp_path / "amazon-beauty" / "amazon-beauty.inter", dtype=np.int64, skiprows=1)
+  lines = (data_dir / "amazon-beauty" / "Beauty.txt").read_text().splitlines()
+  assert root == str(tmp_path) and len(rows) == sum(len(line.split()) - 1 for line in lines)
+  by_user = {}
+  for user, item, t in rows:
+    by_user.setdefault(int(user), []).append((int(t), int(item)))
+  for line in lines[:: max(1, len(lines) // 500)]:
+    user, *items = map(int, line.split())
+    assert [item for _, item in sorted(by_user[user])] == items

@@ -1,7 +1,10 @@
-"""RecBole set-up shared by the peer scripts: ML-1M as an atomic file and the configs used.
+"""RecBole set-up shared by the peer scripts: the datasets as atomic files and the configs used.
 
-RecBole reads `DATA_ROOT/ml-1m/ml-1m.inter`; `prepare_ml1m` writes it once from the project's
-ratings.dat (all 1,000,209 ratings, no filtering, like genrec_jax). Nothing is downloaded.
+RecBole reads `DATA_ROOT/NAME/NAME.inter`; `prepare` writes it once from the project's files:
+ML-1M from ratings.dat (all 1,000,209 ratings, no filtering, like genrec_jax); Amazon Beauty /
+Sports from the S3-Rec/P5 `<name>.txt` (one user per line, items in time order, no timestamps: each
+item's position in its user's line is written as its timestamp, so RecBole's time order is the
+file's order). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,29 @@ SASREC_PRESETS = {
 }
 
 
+AMAZON_FILES = {"amazon-beauty": "Beauty.txt", "amazon-sports": "Sports_and_Outdoors.txt"}
+DATASETS = ("ml-1m", *AMAZON_FILES)
+
+
+def prepare(dataset: str, data_dir: str, data_root: str = DEFAULT_DATA_ROOT) -> str:
+  """Writes DATA_ROOT/<dataset>/<dataset>.inter if missing (see the module doc); returns root."""
+  if dataset == "ml-1m":
+    return prepare_ml1m(data_dir, data_root)
+  if dataset not in AMAZON_FILES:
+    raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
+  path = os.path.join(data_root, dataset, f"{dataset}.inter")
+  if not os.path.exists(path):
+    src = os.path.join(data_dir, dataset, AMAZON_FILES[dataset])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(src) as f, open(path + ".tmp", "w") as out:
+      out.write("user_id:token\titem_id:token\ttimestamp:float\n")
+      for line in f:
+        user, *items = line.split()
+        out.writelines(f"{user}\t{item}\t{t}\n" for t, item in enumerate(items))
+    os.replace(path + ".tmp", path)
+  return data_root
+
+
 def prepare_ml1m(data_dir: str, data_root: str = DEFAULT_DATA_ROOT) -> str:
   """Writes DATA_ROOT/ml-1m/ml-1m.inter from data_dir/ml-1m/ratings.dat if missing; returns root."""
   path = os.path.join(data_root, "ml-1m", "ml-1m.inter")
@@ -37,13 +63,14 @@ def prepare_ml1m(data_dir: str, data_root: str = DEFAULT_DATA_ROOT) -> str:
   return data_root
 
 
-def base_config(data_root: str, seed: int = 42) -> dict:
+def base_config(data_root: str, seed: int = 42, dataset: str = "ml-1m") -> dict:
   """Config entries every run shares: CPU, our data, our split, full-softmax CE, no filters."""
+  columns = ["user_id", "item_id", "rating", "timestamp"] if dataset == "ml-1m" else ["user_id", "item_id", "timestamp"]
   return {
       "data_path": data_root, "use_gpu": False, "worker": 0, "seed": seed, "reproducibility": True,
-      "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]},
+      "load_col": {"inter": columns},
       "eval_args": LOO_FULL, "train_neg_sample_args": None, "loss_type": "CE",
-      "metrics": ["Hit", "NDCG", "MRR"], "topk": [10, 50, 200], "valid_metric": "NDCG@10",
+      "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 50, 200], "valid_metric": "NDCG@10",
       "eval_batch_size": 256, "show_progress": False, "save_dataset": False,
       "checkpoint_dir": os.path.join(data_root, "saved"),
   }

@@ -1,19 +1,21 @@
-"""RecBole baselines on ML-1M, leave-one-out, full ranking: HR/NDCG@10 next to genrec_jax's.
+"""RecBole baselines on ML-1M or Amazon Beauty/Sports (--dataset), leave-one-out, full ranking.
 
   nice -n 10 /work/peers_venv/bin/python benchmarks/peers/recbole_quality.py --data_dir /work/shared/data \
       --models BPR,MultiVAE,GRU4Rec,SASRec --budget_min 18 --out_dir /work/scratch/D_peers/quality
+  ... --dataset amazon-beauty --models SASRec,GRU4Rec
 
 Split as close to ours as RecBole allows (`eval_args: {split: {LS: valid_and_test}, order: TO,
 mode: full}`): per user in time order, the last item is the test target, the second-to-last the
 validation target, the rest is training; every item is ranked. Differences from genrec_jax:
 RecBole masks ALL of the user's past items in the ranking (ours: the last max_seq_len), remaps
-ids to the 3,706 rated items (ours ranks the 3,883 catalog items) and trains sequential models on
-every prefix with the loss at the last position. Model settings are RecBole's defaults
+ids to the items that occur (ML-1M: 3,706 rated items; ours ranks the 3,883 catalog items) and
+trains sequential models on every prefix with the loss at the last position. Amazon files have no
+timestamps; the order of each user's line is passed as the time order (recbole_common.prepare). Model settings are RecBole's defaults
 (properties/model/*.yaml; train batch 2048, Adam 1e-3), except SASRec with `--sasrec_preset`.
 Each model trains epoch by epoch, evaluates validation NDCG@10 every --eval_every epochs (RecBole's
 eval_step), stops after --patience validations without gain, at --epochs, or when --budget_min of
 wall time is used, and is
-tested with its best-validation weights. Writes OUT_DIR/<model>.json (results.json-like: val/test
+tested with its best-validation weights. Writes OUT_DIR/<model>_<dataset>.json (results.json-like: val/test
 metric dicts, best_epoch, epochs_run, stopped_by, wall_time_s) and prints one JSON line per model.
 """
 
@@ -46,6 +48,7 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--data_dir", default=os.environ.get("GENREC_DATA_DIR", "data"))
   p.add_argument("--data_root", default=recbole_common.DEFAULT_DATA_ROOT)
   p.add_argument("--models", default="BPR,MultiVAE,GRU4Rec,SASRec")
+  p.add_argument("--dataset", default="ml-1m", choices=recbole_common.DATASETS)
   p.add_argument("--sasrec_preset", default="recbole", choices=sorted(recbole_common.SASREC_PRESETS))
   p.add_argument("--epochs", type=int, default=300, help="RecBole's default epoch cap.")
   p.add_argument("--patience", type=int, default=10, help="RecBole's default stopping_step.")
@@ -70,11 +73,11 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
   from recbole.utils import get_model, get_trainer, init_seed
 
   t_start = time.perf_counter()
-  root = recbole_common.prepare_ml1m(args.data_dir, args.data_root)
-  cfg = {**recbole_common.base_config(root, args.seed), **MODEL_OVERRIDES[name]}
+  root = recbole_common.prepare(args.dataset, args.data_dir, args.data_root)
+  cfg = {**recbole_common.base_config(root, args.seed, args.dataset), **MODEL_OVERRIDES[name]}
   if name == "SASRec":
     cfg.update(recbole_common.SASREC_PRESETS[args.sasrec_preset])
-  config = Config(model=name, dataset="ml-1m", config_dict=cfg)
+  config = Config(model=name, dataset=args.dataset, config_dict=cfg)
   init_seed(config["seed"], config["reproducibility"])
   torch.set_num_threads(args.threads)
   logging.disable(logging.INFO)
@@ -110,8 +113,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
   test = _metrics(trainer.evaluate(test_data, load_best_model=False))
   import recbole  # pylint: disable=import-outside-toplevel
   return {
-      "experiment": f"recbole_{name.lower()}_ml1m", "peer": f"RecBole {recbole.__version__} {name}",
-      "dataset": "ml-1m", "protocol": "loo (RecBole LS valid_and_test, TO, full ranking)",
+      "experiment": f"recbole_{name.lower()}_{args.dataset.replace('-', '')}",
+      "peer": f"RecBole {recbole.__version__} {name}",
+      "dataset": args.dataset, "protocol": "loo (RecBole LS valid_and_test, TO, full ranking)",
       "best_epoch": best_epoch, "epochs_run": epoch + 1, "stopped_by": stopped_by,
       "epoch_s_median": round(sorted(epoch_s)[len(epoch_s) // 2], 1),
       "wall_time_s": round(time.perf_counter() - t_start, 1),
@@ -131,7 +135,7 @@ def main() -> None:
       sys.exit(f"error: unknown model {name!r}; choose from {sorted(MODEL_OVERRIDES)}")
   for name in args.models.split(","):
     res = run_model(name, args)
-    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
+    with open(os.path.join(args.out_dir, f"{name}_{args.dataset}.json"), "w") as f:
       json.dump(res, f, indent=1, default=str)
     print(json.dumps(res, default=str), flush=True)
 
