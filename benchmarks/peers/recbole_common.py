@@ -65,7 +65,9 @@ def prepare_ml1m(data_dir: str, data_root: str = DEFAULT_DATA_ROOT) -> str:
 
 def base_config(data_root: str, seed: int = 42, dataset: str = "ml-1m") -> dict:
   """Config entries every run shares: CPU, our data, our split, full-softmax CE, no filters."""
-  columns = ["user_id", "item_id", "rating", "timestamp"] if dataset == "ml-1m" else ["user_id", "item_id", "timestamp"]
+  columns = ["user_id", "item_id", "timestamp"]  # the Amazon files have no ratings
+  if dataset == "ml-1m":
+    columns.insert(2, "rating")
   return {
       "data_path": data_root, "use_gpu": False, "worker": 0, "seed": seed, "reproducibility": True,
       "load_col": {"inter": columns},

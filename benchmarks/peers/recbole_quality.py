@@ -10,13 +10,15 @@ validation target, the rest is training; every item is ranked. Differences from 
 RecBole masks ALL of the user's past items in the ranking (ours: the last max_seq_len), remaps
 ids to the items that occur (ML-1M: 3,706 rated items; ours ranks the 3,883 catalog items) and
 trains sequential models on every prefix with the loss at the last position. Amazon files have no
-timestamps; the order of each user's line is passed as the time order (recbole_common.prepare). Model settings are RecBole's defaults
-(properties/model/*.yaml; train batch 2048, Adam 1e-3), except SASRec with `--sasrec_preset`.
+timestamps; the order of each user's line is passed as the time order (recbole_common.prepare).
+Model settings are RecBole's defaults (properties/model/*.yaml; train batch 2048, Adam 1e-3),
+except SASRec with `--sasrec_preset`.
 Each model trains epoch by epoch, evaluates validation NDCG@10 every --eval_every epochs (RecBole's
 eval_step), stops after --patience validations without gain, at --epochs, or when --budget_min of
 wall time is used, and is
-tested with its best-validation weights. Writes OUT_DIR/<model>_<dataset>.json (results.json-like: val/test
-metric dicts, best_epoch, epochs_run, stopped_by, wall_time_s) and prints one JSON line per model.
+tested with its best-validation weights. Writes OUT_DIR/<model>_<dataset>.json (results.json-like:
+val/test metric dicts, best_epoch, epochs_run, stopped_by, wall_time_s) and prints one JSON line
+per model.
 """
 
 from __future__ import annotations
