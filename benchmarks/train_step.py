@@ -62,9 +62,10 @@ def main(argv) -> None:
   # The trainer's own batches: its row layout over the devices and, with
   # data.stochastic_length_alpha > 0, Stochastic Length applied (epoch 0's shortened examples).
   shard = distributed.data_shard(mesh)
+  sl_alpha = cfg.data.get("stochastic_length_alpha", 0.0)
   dataset = pipeline.train_dataset(
       task.split.train, cfg.train.batch_size, cfg.seed, n_warm + n_time, cfg.data.pack, shard,
-      pipeline.row_multiple(shard[2]), cfg.data.get("stochastic_length_alpha", 0.0))
+      pipeline.row_multiple(shard[2]), sl_alpha)
   batches = [trainer.to_device(dataset[k], mesh) for k in range(n_warm + n_time)]
   # XLA's cost analysis counts a loop body once, and the catalog losses loop over token chunks
   # (catalog_scores.py, which also pads D to 16 lanes): count the model FLOPs on the plain program
@@ -116,7 +117,7 @@ def main(argv) -> None:
       "roofline_fraction": round(useful / (peak * 1e9) / med, 4),
       "rows_per_batch": sorted({int(b["ids"].shape[0]) for b in batches}),
       "pack": bool(cfg.data.pack),
-      "stochastic_length_alpha": float(cfg.data.get("stochastic_length_alpha", 0.0)),
+      "stochastic_length_alpha": float(sl_alpha),
       "loss_impl": cfg.loss.impl,
       "devices": jax.device_count(),
       "cpu": platform.processor() or platform.machine(),

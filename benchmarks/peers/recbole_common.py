@@ -36,31 +36,27 @@ DATASETS = ("ml-1m", *AMAZON_FILES)
 
 
 def prepare(dataset: str, data_dir: str, data_root: str = DEFAULT_DATA_ROOT) -> str:
-  """Writes DATA_ROOT/<dataset>/<dataset>.inter if missing (see the module doc); returns root."""
-  if dataset == "ml-1m":
-    return prepare_ml1m(data_dir, data_root)
-  if dataset not in AMAZON_FILES:
+  """Writes DATA_ROOT/<dataset>/<dataset>.inter once (see the module doc); returns DATA_ROOT."""
+  if dataset not in DATASETS:
     raise ValueError(f"unknown dataset {dataset!r}; choose from {DATASETS}")
   path = os.path.join(data_root, dataset, f"{dataset}.inter")
   if not os.path.exists(path):
-    src = os.path.join(data_dir, dataset, AMAZON_FILES[dataset])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(src) as f, open(path + ".tmp", "w") as out:
-      out.write("user_id:token\titem_id:token\ttimestamp:float\n")
-      for line in f:
-        user, *items = line.split()
-        out.writelines(f"{user}\t{item}\t{t}\n" for t, item in enumerate(items))
+    if dataset == "ml-1m":
+      ml1m.write_recbole_inter(ml1m.read_ratings(data_dir), path + ".tmp")
+    else:
+      _write_amazon_inter(os.path.join(data_dir, dataset, AMAZON_FILES[dataset]), path + ".tmp")
     os.replace(path + ".tmp", path)
   return data_root
 
 
-def prepare_ml1m(data_dir: str, data_root: str = DEFAULT_DATA_ROOT) -> str:
-  """Writes DATA_ROOT/ml-1m/ml-1m.inter from data_dir/ml-1m/ratings.dat if missing; returns root."""
-  path = os.path.join(data_root, "ml-1m", "ml-1m.inter")
-  if not os.path.exists(path):
-    ml1m.write_recbole_inter(ml1m.read_ratings(data_dir), path + ".tmp")
-    os.replace(path + ".tmp", path)
-  return data_root
+def _write_amazon_inter(src: str, path: str) -> None:
+  """One `user item item ...` line per user -> (user, item, position in the line) rows."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(src) as f, open(path, "w") as out:
+    out.write("user_id:token\titem_id:token\ttimestamp:float\n")
+    for line in f:
+      user, *items = line.split()
+      out.writelines(f"{user}\t{item}\t{t}\n" for t, item in enumerate(items))
 
 
 def base_config(data_root: str, seed: int = 42, dataset: str = "ml-1m") -> dict:

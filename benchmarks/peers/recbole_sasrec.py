@@ -70,7 +70,7 @@ def main() -> None:
   from recbole.utils import init_seed
   import recbole
 
-  root = recbole_common.prepare_ml1m(args.data_dir, args.data_root)
+  root = recbole_common.prepare("ml-1m", args.data_dir, args.data_root)
   cfg_dict = {**recbole_common.base_config(root, args.seed), **recbole_common.SASREC_PRESETS[args.preset]}
   config = Config(model="SASRec", dataset="ml-1m", config_dict=cfg_dict)
   init_seed(config["seed"], config["reproducibility"])
