@@ -7,8 +7,10 @@ loss = mean over supervised positions of -log softmax([pos, negs])[0].
 
 Two exact implementations of the same loss:
   'gather': gathers the K negative embeddings per position, like the reference, but a chunk of
-            positions at a time (catalog_scores.catalog_gather_dot), so the B·N·K·D gathered
-            floats are never written out at once; the table gradient is a scatter-add per chunk.
+            positions at a time, so the B·N·K·D gathered floats are never written out at once;
+            the log-sum-exp and its gradient come out of one pass over the chunks
+            (catalog_scores.gathered_logsumexp_sum: each row gathered once, not once forward and
+            again backward; the table gradient is a scatter-add per chunk).
   'dense':  scores every catalog item (catalog_scores.catalog_take: chunk by chunk, never the
             whole [B·N, C] logits), then takes the K sampled logits (B·N·C·D FLOPs: worth it
             when the catalog is not much larger than K; ML-1M: 3.7k items, K = 128).
@@ -24,12 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from genrec_jax.catalog_scores import (
-    CHUNK, catalog_gather_dot, catalog_logsumexp_sum, catalog_take, gather_chunk,
+    CHUNK, MASKED_LOGIT, catalog_gather_dot, catalog_logsumexp_sum, catalog_take, gather_chunk,
+    gathered_logsumexp_sum,
 )
 
 Array = jax.Array
-
-MASKED_LOGIT = -5e4
 
 
 def _dot(a_xD: Array, b_xD: Array) -> Array:
@@ -87,6 +88,18 @@ def sampled_softmax_loss(
         chunk,
     )
     neg_BxNxK = neg_MxK.reshape(b, n, -1)
+  elif impl == "gather" and chunk > 0:
+    # −log softmax([pos, negs])[0] = lse − pos, the lse summed over tokens in one gathering pass
+    # (catalog_scores.gathered_logsumexp_sum: value and gradient together).
+    b, n, d = user_BxNxD.shape
+    k = neg_ids_BxNxK.shape[-1]
+    weights_BxN = (targets_BxN != 0).astype(jnp.float32)
+    lse_sum = gathered_logsumexp_sum(
+        user_BxNxD.reshape(b * n, d) / temperature, table_VxD, neg_ids_BxNxK.reshape(b * n, k),
+        (neg_ids_BxNxK != targets_BxN[..., None]).reshape(b * n, k), pos_BxN.reshape(-1),
+        weights_BxN.reshape(-1), gather_chunk(k),
+    )
+    return (lse_sum - jnp.sum(pos_BxN * weights_BxN)) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
   elif impl == "gather":
     neg_BxNxK = gathered_dot(user_BxNxD, table_VxD, neg_ids_BxNxK, chunk) / temperature
   else:

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genrec_jax.catalog_scores import catalog_gather_dot, catalog_logsumexp_sum, catalog_take
+from genrec_jax.catalog_scores import (
+    MASKED_LOGIT, catalog_gather_dot, catalog_logsumexp_sum, catalog_take, gathered_logsumexp_sum,
+)
 
 
 def _data(m, d, c, k, seed=0):
@@ -99,6 +101,45 @@ def test_gather_dot_value_and_gradients_match_numpy(m, d, c, k, chunk):
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(du), ref_du, rtol=1e-4, atol=1e-5 * np.abs(ref_du).max())
   np.testing.assert_allclose(np.asarray(de), ref_de, rtol=1e-4, atol=1e-5 * np.abs(ref_de).max())
+
+
+def _np_gathered_lse_and_grads(u, e, ids, valid, pos, w):
+  """Σ_m w_m logsumexp([pos_m, s_m]) with s_mk = u_m·e_{ids[m,k]} (MASKED_LOGIT where not valid),
+  and its gradients for u, e and pos, in float64 NumPy."""
+  u, e, pos, w = (x.astype(np.float64) for x in (u, e, pos, w))
+  s = np.where(valid, np.einsum("md,mkd->mk", u, e[ids]), MASKED_LOGIT)
+  logits = np.concatenate([pos[:, None], s], axis=1)
+  mx = logits.max(axis=1, keepdims=True)
+  lse = mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))
+  p = np.exp(logits - lse[:, None]) * w[:, None]
+  du = np.einsum("mk,mkd->md", p[:, 1:], e[ids])
+  de = np.zeros_like(e)
+  np.add.at(de, ids.reshape(-1), (p[:, 1:, None] * u[:, None, :]).reshape(-1, u.shape[1]))
+  return float(np.sum(w * lse)), du, de, p[:, 0]
+
+
+@pytest.mark.parametrize("m, d, c, k, chunk", SHAPES)
+def test_gathered_logsumexp_sum_value_and_gradients_match_numpy(m, d, c, k, chunk):
+  u, e, w, ids, _ = _data(m, d, c, k, seed=7)
+  r = np.random.default_rng(8)
+  pos = r.standard_normal(m).astype(np.float32)
+  valid = r.random((m, k)) < 0.8
+  valid[1, :] = False  # a token whose negatives are all masked
+  w[r.random(m) < 0.2] = 0.0  # unsupervised tokens
+  ids[0, :] = ids[0, 0]  # one item sampled several times by one token and by many tokens
+  ids[:, 0] = ids[0, 0]
+
+  def f(u, e, pos):
+    return gathered_logsumexp_sum(u, e, jnp.asarray(ids), jnp.asarray(valid), pos, jnp.asarray(w), chunk)
+
+  value, (du, de, dpos) = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(u, e, pos)
+  ref, ref_du, ref_de, ref_dpos = _np_gathered_lse_and_grads(u, e, ids, valid, pos, w)
+  np.testing.assert_allclose(float(value), ref, rtol=2e-6)
+  np.testing.assert_allclose(np.asarray(du), ref_du, rtol=1e-4, atol=1e-5 * np.abs(ref_du).max())
+  np.testing.assert_allclose(np.asarray(de), ref_de, rtol=1e-4, atol=1e-5 * np.abs(ref_de).max())
+  np.testing.assert_allclose(np.asarray(dpos), ref_dpos, rtol=1e-5, atol=1e-7)
+  assert not np.any(np.asarray(du)[w == 0]) and not np.any(np.asarray(dpos)[w == 0])
+  np.testing.assert_allclose(float(jax.jit(f)(u, e, pos)), ref, rtol=2e-6)  # the primal path
 
 
 def test_bfloat16_inputs_accumulate_in_float32():
