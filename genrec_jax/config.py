@@ -38,6 +38,10 @@ def sequential_config() -> ml_collections.ConfigDict:
   # > 0: cold-start split: this fraction of the catalog (seeded by `seed`) is held out of training
   # entirely and reported separately as test targets (results.json: test_cold, test_warm).
   c.data.cold_start_frac = 0.0
+  # MovieLens candidate items (ranked and sampled): 'metadata' = every movie of movies.dat (the
+  # reference's all_item_ids; 3,883 on ML-1M), 'rated' = the movies with a rating (3,706, what
+  # RecBole ranks). Amazon: always item ids 1..n.
+  c.data.catalog = "metadata"
   # HSTU Stochastic Length (training only): > 0 shortens a sequence of n > N^{α/2} tokens to
   # N^{α/2} random tokens with probability 1 - N^α/n² (N = max_seq_len); 0 = off. See
   # data/pipeline.py stochastic_length_examples.

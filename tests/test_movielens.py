@@ -544,3 +544,34 @@ def test_fast_path_agrees_with_a_reference_parser_on_mutated_files(tmp_path, mon
       np.testing.assert_allclose(got, np.asarray(expected), rtol=0, atol=1e-6, err_msg=text)
       outcomes.add("ok")
   assert outcomes == {"ok", "error"}
+
+
+def test_catalog_metadata_or_rated_movies(data_dir):
+  """data.catalog: every movie of movies.dat (default) or only the rated ones (RecBole's set)."""
+  import ml_collections
+
+  from genrec_jax.config import ConfigError
+  from genrec_jax.data.registry import load_task
+  from genrec_jax.train import towers
+
+  cfg = ml_collections.ConfigDict(dict(
+      seed=0, data=dict(dataset="ml-1m", protocol="loo", max_seq_len=1, download=False,
+                        history_filter="all", cold_start_frac=0.0, catalog="metadata"),
+      model=dict(name="mf_bpr")))
+  ratings = ml.load_ratings(data_dir, "ml-1m")
+  movies = ml.load_movies(data_dir, "ml-1m")
+  full = load_task(cfg, str(data_dir))
+  np.testing.assert_array_equal(full.catalog, np.unique(movies.item))  # 3,883 movies
+  cfg.data.catalog = "rated"
+  rated = load_task(cfg, str(data_dir))
+  np.testing.assert_array_equal(rated.catalog, np.unique(ratings.item))
+  assert (len(full.catalog), len(rated.catalog)) == (3883, 3706)
+  # the split itself does not depend on the candidate set
+  np.testing.assert_array_equal(full.split.test.targets_UxN, rated.split.test.targets_UxN)
+  cfg.data.catalog = "all"
+  with pytest.raises(ConfigError, match="data.catalog"):
+    load_task(cfg, str(data_dir))
+  # the tower experiments pass it through
+  tcfg = towers.tower_config()
+  tcfg.model.name, tcfg.data.catalog = "mf_bpr", "rated"
+  assert len(towers.load_tower_data(tcfg, str(data_dir)).catalog) == 3706

@@ -9,12 +9,15 @@ from genrec_jax.data import amazon, movielens, tfds_source
 from genrec_jax.data.sequences import HISTORY_FILTERS, choose_cold_items, cold_start_split, group_by_user, make_split
 from genrec_jax.train.trainer import Task
 
+CATALOGS = ("metadata", "rated")  # data.catalog values (MovieLens; see config.py)
+
 
 def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   """Loads `cfg.data.dataset` and splits it with `cfg.data.protocol`.
 
   MovieLens: all ratings, original ids; the catalog is every movie of the metadata file (the
-  reference's `all_item_ids`), so negatives and rankings cover movies nobody rated too.
+  reference's `all_item_ids`), so negatives and rankings cover movies nobody rated too, or with
+  data.catalog='rated' only the rated movies (RecBole's candidate set).
   Amazon (S3-Rec/P5 files): the users' item sequences in file order, with positions standing in
   for the missing timestamps; the catalog is every item id 1..num_items. HSTU's time bias would
   only see positions there, so it must be off (`model.use_time_bias=False`).
@@ -22,9 +25,13 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   name = cfg.data.dataset
   if cfg.data.get("source", "files") != "files" and name not in movielens.DATASETS:
     raise ConfigError(f"data.source={cfg.data.source!r} is for MovieLens; {name!r} is read from files")
+  catalog = cfg.data.get("catalog", "metadata")
+  if catalog not in CATALOGS:
+    raise ConfigError(f"unknown data.catalog {catalog!r}; expected one of {CATALOGS}")
   if name in movielens.DATASETS:
     ratings, movies = tfds_source.load_movielens(cfg.data, data_dir)  # data.source: files | tfds
-    seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp, catalog=movies.item)
+    seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp,
+                         catalog=movies.item if catalog == "metadata" else None)  # None: rated ones
   elif name in amazon.DATASETS:
     if cfg.model.name == "hstu" and cfg.model.get("use_time_bias", False):
       raise ConfigError(

@@ -54,6 +54,7 @@ def tower_config() -> ml_collections.ConfigDict:
   c.data.dataset = "ml-1m"
   c.data.protocol = "loo"
   c.data.download = False
+  c.data.catalog = "metadata"  # MovieLens candidates: 'metadata' (every movie) or 'rated' (config.py)
   c.data.max_history = 50  # history items read by the user tower (two-tower, YouTubeDNN)
   c.data.zip_prefix_len = 2  # MovieLens user feature: the first k characters of the zip code
 
@@ -183,7 +184,7 @@ def load_tower_data(cfg: ml_collections.ConfigDict, data_dir: str) -> TowerData:
   c.seed = cfg.seed
   c.data = ml_collections.ConfigDict(dict(
       dataset=d.dataset, protocol="loo", max_seq_len=1, download=d.download, history_filter="all",
-      cold_start_frac=0.0))
+      cold_start_frac=0.0, catalog=d.catalog))
   c.model = ml_collections.ConfigDict(dict(name=cfg.model.name))
   task = load_task(c, data_dir)
   split = task.split
