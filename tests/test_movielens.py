@@ -571,6 +571,9 @@ def test_catalog_metadata_or_rated_movies(data_dir):
   cfg.data.catalog = "all"
   with pytest.raises(ConfigError, match="data.catalog"):
     load_task(cfg, str(data_dir))
+  cfg.data.dataset, cfg.data.catalog = "amazon-beauty", "rated"
+  with pytest.raises(ConfigError, match="is for MovieLens"):
+    load_task(cfg, str(data_dir))
   # the tower experiments pass it through
   tcfg = towers.tower_config()
   tcfg.model.name, tcfg.data.catalog = "mf_bpr", "rated"

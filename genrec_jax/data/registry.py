@@ -28,6 +28,8 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   catalog = cfg.data.get("catalog", "metadata")
   if catalog not in CATALOGS:
     raise ConfigError(f"unknown data.catalog {catalog!r}; expected one of {CATALOGS}")
+  if catalog != "metadata" and name not in movielens.DATASETS:
+    raise ConfigError(f"data.catalog={catalog!r} is for MovieLens; {name!r} ranks its item ids 1..n")
   if name in movielens.DATASETS:
     ratings, movies = tfds_source.load_movielens(cfg.data, data_dir)  # data.source: files | tfds
     seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp,
