@@ -254,10 +254,7 @@ def _gather_bwd(chunk, res, g_MxK):
 
   def one(de_CxP, xs):
     u_TxP, ids_TxK, g_TxK = xs
-    du_TxP = jnp.einsum("tk,tkp->tp", g_TxK, e_CxP[ids_TxK], preferred_element_type=jnp.float32)
-    rows_TKxP = (g_TxK.astype(jnp.float32)[..., None] * u_TxP.astype(jnp.float32)[:, None, :])
-    de_CxP = de_CxP.at[ids_TxK.reshape(-1)].add(rows_TKxP.reshape(-1, rows_TKxP.shape[-1]))
-    return de_CxP, du_TxP
+    return _gathered_rows_grads(de_CxP, u_TxP, e_CxP[ids_TxK], ids_TxK, g_TxK)
 
   # The accumulator starts as zeros shaped (and, under shard_map, typed) like the table.
   de0_CxP = jnp.zeros_like(e_CxP, dtype=jnp.float32)
@@ -267,6 +264,17 @@ def _gather_bwd(chunk, res, g_MxK):
 
 
 catalog_gather_dot.defvjp(_gather_fwd, _gather_bwd)
+
+
+def _gathered_rows_grads(de_VxP, u_TxP, rows_TxKxP, ids_TxK, g_TxK):
+  """For a chunk's scores s[t, k] = <u[t], rows[t, k]> (rows[t, k] = E[ids[t, k]]) and their
+  gradient g: returns (dE + Σ_{ids[t,k]=c} g[t, k] u[t] scattered into the float32 accumulator,
+  dU[t] = Σ_k g[t, k] rows[t, k] in float32)."""
+  du_TxP = jnp.einsum("tk,tkp->tp", g_TxK.astype(rows_TxKxP.dtype), rows_TxKxP,
+                      preferred_element_type=jnp.float32)
+  rows_TKxP = g_TxK.astype(jnp.float32)[..., None] * u_TxP.astype(jnp.float32)[:, None, :]
+  de_VxP = de_VxP.at[ids_TxK.reshape(-1)].add(rows_TKxP.reshape(-1, rows_TKxP.shape[-1]))
+  return de_VxP, du_TxP
 
 
 MASKED_LOGIT = -5e4  # the logit of a masked negative (the reference's value)
@@ -308,10 +316,7 @@ def _gathered_lse_fwd(user_MxD, items_VxD, ids_MxK, valid_MxK, pos_M, weights_M,
     lse_T = top_T + jnp.log(jnp.exp(pos_T - top_T) + jnp.sum(jnp.exp(s_TxK - top_T[:, None]), axis=-1))
     g_TxK = jnp.exp(s_TxK - lse_T[:, None]) * w_T[:, None]  # w · p over the negatives
     dpos_T = jnp.exp(pos_T - lse_T) * w_T
-    du_TxP = jnp.einsum("tk,tkp->tp", g_TxK.astype(rows_TxKxP.dtype), rows_TxKxP,
-                        preferred_element_type=jnp.float32)
-    rows_TKxP = g_TxK[..., None] * u_TxP.astype(jnp.float32)[:, None, :]
-    de_VxP = de_VxP.at[ids_TxK.reshape(-1)].add(rows_TKxP.reshape(-1, rows_TKxP.shape[-1]))
+    de_VxP, du_TxP = _gathered_rows_grads(de_VxP, u_TxP, rows_TxKxP, ids_TxK, g_TxK)
     return (de_VxP, total + jnp.sum(lse_T * w_T)), (du_TxP, dpos_T)
 
   de0_VxP = jnp.zeros_like(e_VxP, dtype=jnp.float32)  # typed like the table (see _chunk_grads)

@@ -42,6 +42,11 @@ def _weighted_mean(loss_BxN: Array, weights_BxN: Array) -> Array:
   return jnp.sum(loss_BxN * weights_BxN) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
 
 
+def _mean_lse_minus_pos(lse_sum: Array, pos_BxN: Array, weights_BxN: Array) -> Array:
+  """Σ w·(lse − pos) / Σ w from the already summed Σ w·lse (the chunked catalog losses)."""
+  return (lse_sum - jnp.sum(pos_BxN * weights_BxN)) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
+
+
 def gathered_dot(user_xD: Array, table_VxD: Array, ids_xK: Array, chunk: int = CHUNK) -> Array:
   """logits[..., k] = <user[...], table[ids[..., k]]> (leading dims shared by user and ids), in
   float32. chunk > 0: the rows are gathered `gather_chunk(K)` tokens at a time
@@ -99,7 +104,7 @@ def sampled_softmax_loss(
         (neg_ids_BxNxK != targets_BxN[..., None]).reshape(b * n, k), pos_BxN.reshape(-1),
         weights_BxN.reshape(-1), gather_chunk(k),
     )
-    return (lse_sum - jnp.sum(pos_BxN * weights_BxN)) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
+    return _mean_lse_minus_pos(lse_sum, pos_BxN, weights_BxN)
   elif impl == "gather":
     neg_BxNxK = gathered_dot(user_BxNxD, table_VxD, neg_ids_BxNxK, chunk) / temperature
   else:
@@ -136,7 +141,7 @@ def full_softmax_loss(
   lse_sum = catalog_logsumexp_sum(
       user_BxNxD.reshape(b * n, d) / temperature, table_VxD[catalog_C], weights_BxN.reshape(-1), chunk
   )
-  return (lse_sum - jnp.sum(pos_BxN * weights_BxN)) / jnp.maximum(jnp.sum(weights_BxN), 1.0)
+  return _mean_lse_minus_pos(lse_sum, pos_BxN, weights_BxN)
 
 
 def bce_loss(
