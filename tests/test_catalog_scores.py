@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from genrec_jax.catalog_scores import (
-    MASKED_LOGIT, catalog_gather_dot, catalog_logsumexp_sum, catalog_take, gathered_logsumexp_sum,
+    MASKED_LOGIT, SHIFT_BOUND, catalog_gather_dot, catalog_logsumexp_sum, catalog_take, gathered_logsumexp_sum,
 )
 
 
@@ -86,6 +86,30 @@ def test_logsumexp_sum_skips_zero_weight_rows_exactly(zero_frac):
   assert not np.any(np.asarray(du)[w == 0])
   np.testing.assert_allclose(float(jax.jit(catalog_logsumexp_sum, static_argnums=3)(u, e, w, 64)), ref,
                              rtol=2e-6, atol=1e-6)
+
+
+def test_logsumexp_sum_shift_by_norm_bound_or_row_max():
+  """The gradient pass shifts the scores by c = ‖u‖ max‖e‖ when c <= SHIFT_BOUND, else by the row
+  max. Chunks of cosine / τ rows (c = 20), of large rows (c = 100: the bound would underflow every
+  exp), and of rows at the bound scoring -c against every item (each exp is e^{-2c}) all equal NumPy."""
+  rng = np.random.default_rng(11)
+  e = rng.standard_normal((300, 50))
+  e /= np.linalg.norm(e, axis=1, keepdims=True)
+  e[:100] = e[0]  # a third of the catalog shares one direction
+  u = rng.standard_normal((192, 50))
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  u[:64] *= 20.0  # cosine / 0.05
+  u[64:128] *= 100.0
+  u[128:] = -SHIFT_BOUND * e[0]  # s = -c for the first 100 items
+  e[100:] = e[0] * (1 - 1e-3 * rng.random((200, 1)))  # and just above -c for the rest
+  u, e = u.astype(np.float32), e.astype(np.float32)
+  w = rng.random(192).astype(np.float32)
+  value, (du, de) = jax.jit(jax.value_and_grad(lambda u, e: catalog_logsumexp_sum(u, e, jnp.asarray(w), 64),
+                                               argnums=(0, 1)))(u, e)
+  ref, ref_du, ref_de = _np_lse_sum_and_grads(u, e, w)
+  np.testing.assert_allclose(float(value), ref, rtol=2e-6)
+  np.testing.assert_allclose(np.asarray(du), ref_du, rtol=1e-4, atol=1e-5 * np.abs(ref_du).max())
+  np.testing.assert_allclose(np.asarray(de), ref_de, rtol=1e-4, atol=1e-5 * np.abs(ref_de).max())
 
 
 @pytest.mark.parametrize("m, d, c, k, chunk", SHAPES)
