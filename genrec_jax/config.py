@@ -33,7 +33,8 @@ def sequential_config() -> ml_collections.ConfigDict:
   # Pack several users into one row of max_seq_len tokens (same loss, ~half the tokens on ML-1M).
   c.data.pack = True
   # Past items removed from the full ranking: 'window' = the max_seq_len items the model sees
-  # (generative-recommenders), 'all' = every past item (S3-Rec / TIGER protocol on Amazon).
+  # (generative-recommenders), 'all' = every past item (S3-Rec / TIGER protocol on Amazon),
+  # 'none' = nothing removed (RecBole's full ranking for sequential models).
   c.data.history_filter = "window"
   # > 0: cold-start split: this fraction of the catalog (seeded by `seed`) is held out of training
   # entirely and reported separately as test targets (results.json: test_cold, test_warm).
@@ -42,6 +43,11 @@ def sequential_config() -> ml_collections.ConfigDict:
   # reference's all_item_ids; 3,883 on ML-1M), 'rated' = the movies with a rating (3,706, what
   # RecBole ranks). Amazon: always item ids 1..n.
   c.data.catalog = "metadata"
+  # MovieLens filters, applied before the split (RecBole's benchmark: 3 and 10; data/movielens.py
+  # filter_ratings): drop ratings below min_rating, then users and items with fewer than
+  # min_interactions ratings, repeatedly (k-core). 0 = off.
+  c.data.min_rating = 0.0
+  c.data.min_interactions = 0
   # HSTU Stochastic Length (training only): > 0 shortens a sequence of n > N^{α/2} tokens to
   # N^{α/2} random tokens with probability 1 - N^α/n² (N = max_seq_len); 0 = off. See
   # data/pipeline.py stochastic_length_examples.

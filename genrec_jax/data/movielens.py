@@ -187,6 +187,25 @@ def load_ratings(data_dir: PathLike, name: str, *, download: bool = False) -> Ra
   return read_ratings_file(_dataset_file(location, name, layout.ratings_file), layout.ratings_fmt)
 
 
+def filter_ratings(r: Ratings, min_rating: float = 0.0, min_count: int = 0) -> Ratings:
+  """RecBole's data filtering, in its order: ratings below `min_rating` are dropped (its
+  `val_interval`), then users and items with fewer than `min_count` ratings, again and again until
+  none is left (its `user_inter_num_interval` = `item_inter_num_interval` = [min_count, inf)):
+  each round counts users and items on the same remaining ratings and drops both at once.
+  0 turns a filter off. RecBole's ML-1M benchmark (3, 10) leaves 6,040 users, 3,124 items and
+  834,449 ratings."""
+  keep = r.rating >= min_rating if min_rating > 0 else np.ones(len(r), bool)
+  while min_count > 0:
+    _, u_inv, u_count = np.unique(r.user[keep], return_inverse=True, return_counts=True)
+    _, i_inv, i_count = np.unique(r.item[keep], return_inverse=True, return_counts=True)
+    ok = (u_count[u_inv] >= min_count) & (i_count[i_inv] >= min_count)
+    if ok.all():
+      break
+    keep[np.flatnonzero(keep)[~ok]] = False
+  return dataclasses.replace(r, user=r.user[keep], item=r.item[keep], rating=r.rating[keep],
+                             timestamp=r.timestamp[keep])
+
+
 def load_movies(data_dir: PathLike, name: str, *, download: bool = False) -> Movies:
   """Loads the movie list (ids, titles, genres) of MovieLens dataset `name`."""
   location = resolve_dataset_dir(data_dir, name, download=download)

@@ -85,7 +85,7 @@ def rate_split(
 
 def load_rated_task(cfg: ml_collections.ConfigDict, data_dir: str) -> tuple[Task, RatedSplit]:
   """The MovieLens Task of `registry.load_task` and its ratings (checked to be aligned)."""
-  from genrec_jax.data.registry import load_task  # pylint: disable=g-import-not-at-top  (cycle)
+  from genrec_jax.data.registry import filter_ratings, load_task  # pylint: disable=g-import-not-at-top  (cycle)
 
   name = cfg.data.dataset
   if name not in movielens.DATASETS:
@@ -94,7 +94,7 @@ def load_rated_task(cfg: ml_collections.ConfigDict, data_dir: str) -> tuple[Task
   if cfg.data.get("cold_start_frac", 0.0):
     raise ConfigError("the multi-task experiment does not support data.cold_start_frac")
   task = load_task(cfg, data_dir)
-  r = movielens.load_ratings(data_dir, name, download=cfg.data.download)
+  r = filter_ratings(cfg, movielens.load_ratings(data_dir, name, download=cfg.data.download))
   rated = rate_split(r.user, r.item, r.timestamp, r.rating, cfg.data.protocol, cfg.data.max_seq_len,
                      cfg.data.get("history_filter", "window"))
   rated.check(task.split, np.asarray(r.item))

@@ -12,6 +12,11 @@ from genrec_jax.train.trainer import Task
 CATALOGS = ("metadata", "rated")  # data.catalog values (MovieLens; see config.py)
 
 
+def filter_ratings(cfg: ml_collections.ConfigDict, ratings: movielens.Ratings) -> movielens.Ratings:
+  """`ratings` after data.min_rating and data.min_interactions (movielens.filter_ratings)."""
+  return movielens.filter_ratings(ratings, cfg.data.get("min_rating", 0.0), cfg.data.get("min_interactions", 0))
+
+
 def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   """Loads `cfg.data.dataset` and splits it with `cfg.data.protocol`.
 
@@ -30,8 +35,12 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
     raise ConfigError(f"unknown data.catalog {catalog!r}; expected one of {CATALOGS}")
   if catalog != "metadata" and name not in movielens.DATASETS:
     raise ConfigError(f"data.catalog={catalog!r} is for MovieLens; {name!r} ranks its item ids 1..n")
+  for key in ("min_rating", "min_interactions"):
+    if cfg.data.get(key, 0) and name not in movielens.DATASETS:
+      raise ConfigError(f"data.{key} filters MovieLens ratings; {name!r} is used as shipped")
   if name in movielens.DATASETS:
     ratings, movies = tfds_source.load_movielens(cfg.data, data_dir)  # data.source: files | tfds
+    ratings = filter_ratings(cfg, ratings)
     seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp,
                          catalog=movies.item if catalog == "metadata" else None)  # None: rated ones
   elif name in amazon.DATASETS:

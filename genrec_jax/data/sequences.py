@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 
 PROTOCOLS = ("loo", "paper")
-HISTORY_FILTERS = ("window", "all")
+HISTORY_FILTERS = ("window", "all", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +129,14 @@ def _examples(
     ends: np.ndarray,
     max_seq_len: int,
     train: bool,
-    full_history: bool = False,
+    history_filter: str = "window",
 ) -> Examples:
   """Builds examples for users `rows` from their events before index `ends` (exclusive).
 
   train=True: the sequence s = events[:end][-(N + 1):] gives history s[:-1] and targets s[1:].
-  train=False: history = events[:end - 1][-N:], the single target = events[end - 1]; with
-  `full_history`, also past = events[:end - 1] (all of it, for the ranking's filter).
+  train=False: history = events[:end - 1][-N:], the single target = events[end - 1]; `past`, the
+  items the ranking removes, is the history (history_filter 'window': None), all of
+  events[:end - 1] ('all'), or nothing ('none': one padding id).
   """
   n = max_seq_len
   num = len(rows)
@@ -160,7 +161,9 @@ def _examples(
     ts[r, : h + 1] = s_ts
     length[r] = h
   past = None
-  if full_history and not train:
+  if history_filter == "none" and not train:
+    past = np.zeros((num, 1), np.int32)
+  if history_filter == "all" and not train:
     past = np.zeros((num, max(int(np.max(ends, initial=1)) - 1, 1)), np.int32)
     for r, (u, end) in enumerate(zip(rows, ends)):
       start = seqs.offsets[u]
@@ -179,20 +182,20 @@ def make_split(
          validation split.
   Users with too few events for the protocol (loo: 3, paper: 2) are left out.
   history_filter: which past items the ranking removes: 'window' = the last max_seq_len the
-  model sees (generative-recommenders), 'all' = every past item (S3-Rec / TIGER on Amazon).
+  model sees (generative-recommenders), 'all' = every past item (S3-Rec / TIGER on Amazon),
+  'none' = none (RecBole's sequential models).
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
   if history_filter not in HISTORY_FILTERS:
     raise ValueError(f"unknown history_filter {history_filter!r}; expected one of {HISTORY_FILTERS}")
-  full = history_filter == "all"
   lengths = seqs.lengths()
   held_out = 2 if protocol == "loo" else 1
   rows = np.flatnonzero(lengths >= held_out + 1)
   ln = lengths[rows]
   train = _examples(seqs, rows, ln - held_out, max_seq_len, train=True)
-  test = _examples(seqs, rows, ln, max_seq_len, train=False, full_history=full)
-  val = _examples(seqs, rows, ln - 1, max_seq_len, train=False, full_history=full) if protocol == "loo" else None
+  test = _examples(seqs, rows, ln, max_seq_len, train=False, history_filter=history_filter)
+  val = _examples(seqs, rows, ln - 1, max_seq_len, train=False, history_filter=history_filter) if protocol == "loo" else None
   return Split(train=train, val=val, test=test, protocol=protocol)
 
 
@@ -244,13 +247,12 @@ def cold_start_split(
   train_seqs = _keep_events(seqs, warm_T & (idx_T < len_T - 2))
   val_seqs = _keep_events(seqs, (warm_T & (idx_T < len_T - 2)) | (idx_T == len_T - 2))
   test_seqs = _keep_events(seqs, (warm_T & (idx_T < len_T - 1)) | (idx_T == len_T - 1))
-  full = history_filter == "all"
   # Users need 3+ events and a non-empty warm history before the val target (else there is no
   # state to rank from). One whose warm training prefix is a single event gets no training pair.
   rows = np.flatnonzero((lengths >= 3) & (val_seqs.lengths() >= 2))
   train = _examples(train_seqs, rows, train_seqs.lengths()[rows], max_seq_len, train=True)
-  val = _examples(val_seqs, rows, val_seqs.lengths()[rows], max_seq_len, train=False, full_history=full)
-  test = _examples(test_seqs, rows, test_seqs.lengths()[rows], max_seq_len, train=False, full_history=full)
+  val = _examples(val_seqs, rows, val_seqs.lengths()[rows], max_seq_len, train=False, history_filter=history_filter)
+  test = _examples(test_seqs, rows, test_seqs.lengths()[rows], max_seq_len, train=False, history_filter=history_filter)
   test_target = test.targets_UxN[np.arange(len(test)), np.maximum(test.length_U - 1, 0)]
   is_cold = np.isin(test_target, cold)
   return ColdStartSplit(
