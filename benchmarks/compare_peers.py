@@ -1,6 +1,6 @@
 """Train-step speed side by side with the PyTorch peers (torch-rechub, RecBole) on ML-1M.
 
-  nice -n 10 python -m benchmarks.compare_peers --data_dir /work/shared/data [--steps 20] [--out FILE]
+  nice -n 10 python -m benchmarks.compare_peers --data_dir /work/shared/data [--steps 20] [--rounds 3] [--out FILE]
 
 Every measurement runs in its own subprocess, one after the other: our side is
 `python -m benchmarks.train_step` (jitted step, XLA cost-analysis FLOPs, matmul-peak roofline),
@@ -8,6 +8,8 @@ the peers are `benchmarks/peers/*.py` under the peers' own venv ($GENREC_PEERS_P
 /work/peers_venv/bin/python; set up as benchmarks/peers/README.md says). Prints a markdown table
 (step time each side, peer/ours ratio, time per epoch = one pass over the same training targets,
 roofline fractions) and what differs between the workloads; --out also writes the raw JSON.
+With --rounds R each side is measured R times, alternating which goes first, and the ratio is
+the median of the R per-round ratios (the machine's speed drifts; see `measure`).
 The peers' FLOPs come from torch's FlopCounterMode (matmuls only) and their roofline uses our
 measured JAX matmul peak (numpy and torch reach the same peak on this CPU type, see
 /work/shared/reference/performance-notes.md).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -163,6 +166,8 @@ def table(results: list[dict]) -> str:
       peer_roof = (peer["flops_per_step"] / (peak * 1e9) / (peer["step_ms_median"] / 1000)
                    if peer_ok and peak and peer.get("flops_per_step") else None)
       ratio = peer["step_ms_median"] / m["step_ms_median"] if ok and peer_ok else None
+      if ok and m.get("ratio_rounds"):  # paired by round (see measure)
+        ratio = statistics.median(m["ratio_rounds"])
       ours_ep = _epoch_s(m if ok else None, ours_spe)
       peer_ep = _epoch_s(peer, peer.get("steps_per_epoch", ours_spe)) if peer_ok else None
       lines.append(
@@ -173,6 +178,42 @@ def table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _median_run(runs: list[dict]) -> dict:
+  """The run with the median step time (the lower middle one for an even count), with every
+  round's median step time in `rounds_ms`; the first error if any run failed."""
+  errors = [r for r in runs if "error" in r]
+  if errors:
+    return errors[0]
+  ordered = sorted(runs, key=lambda r: r["step_ms_median"])
+  return dict(ordered[(len(ordered) - 1) // 2], rounds_ms=[r["step_ms_median"] for r in runs])
+
+
+def measure(w: Workload, data_dir: str, steps: int, rounds: int, peers_python: str) -> dict:
+  """`rounds` rounds of the peer and each of our variants, the side that goes first alternating.
+
+  This CPU's speed drifts by tens of percent over minutes; one measurement per side can put the
+  peer in a fast period and ours in a slow one. Each round's peer/ours ratio compares two runs
+  a minute apart, and the table reports the median of those ratios (`ratio_rounds`)."""
+  peer_runs: list[dict] = []
+  ours_runs: list[list[dict]] = [[] for _ in w.ours]
+  for k in range(rounds):
+    sides = ["peer", "ours"] if k % 2 == 0 else ["ours", "peer"]
+    for side in sides:
+      if side == "peer" and w.peer:
+        peer_runs.append(run_peer(w.peer, peers_python, data_dir, steps))
+      if side == "ours":
+        for runs, o in zip(ours_runs, w.ours):
+          runs.append(run_ours(o, data_dir, steps))
+  peer = _median_run(peer_runs) if w.peer else None
+  ours = []
+  for o, runs in zip(w.ours, ours_runs):
+    result = _median_run(runs)
+    if peer is not None and "error" not in peer and "error" not in result:
+      result["ratio_rounds"] = [p["step_ms_median"] / r["step_ms_median"] for p, r in zip(peer_runs, runs)]
+    ours.append({"label": o.label(), "result": result})
+  return {"name": w.name, "ours": ours, "peer": peer, "differences": w.differences}
+
+
 def main(argv) -> None:
   del argv
   f = flags.FLAGS
@@ -180,13 +221,13 @@ def main(argv) -> None:
   unknown = set(f.only) - names
   if unknown:
     sys.exit(f"error: unknown workload(s) {sorted(unknown)}; choose from {sorted(names)}")
+  if f.rounds < 1:
+    sys.exit(f"error: --rounds must be >= 1, got {f.rounds}")
   results = []
   for w in WORKLOADS:
     if f.only and w.name not in f.only:
       continue
-    peer = run_peer(w.peer, f.peers_python, f.data_dir, f.steps) if w.peer else None
-    ours = [{"label": o.label(), "result": run_ours(o, f.data_dir, f.steps)} for o in w.ours]
-    results.append({"name": w.name, "ours": ours, "peer": peer, "differences": w.differences})
+    results.append(measure(w, f.data_dir, f.steps, f.rounds, f.peers_python))
     if f.out:  # after every workload, so an interrupted run keeps what it measured
       with open(f.out, "w") as fh:
         json.dump(results, fh, indent=1)
@@ -194,6 +235,12 @@ def main(argv) -> None:
   print()
   for r in results:
     print(f"- **{r['name']}**: {r['differences']}")
+    for o in r["ours"]:
+      if "rounds_ms" in o["result"] and len(o["result"]["rounds_ms"]) > 1:
+        print(f"  - {o['label']}: ours ms per round {o['result']['rounds_ms']}, "
+              f"peer/ours per round {[round(x, 2) for x in o['result'].get('ratio_rounds', [])]}")
+    if r["peer"] and "rounds_ms" in r["peer"] and len(r["peer"]["rounds_ms"]) > 1:
+      print(f"  - peer ms per round {r['peer']['rounds_ms']}")
     for e in [o["result"] for o in r["ours"]] + [r["peer"]]:
       if e and "error" in e:
         print(f"  - error: {e['error']}")
@@ -203,6 +250,8 @@ def define_flags() -> None:
   """Flags, defined only when run as a program (importing this module defines none)."""
   flags.DEFINE_string("data_dir", os.environ.get("GENREC_DATA_DIR", "data"), "Dataset root.")
   flags.DEFINE_integer("steps", 20, "Timed steps per measurement (after warm-up).")
+  flags.DEFINE_integer("rounds", 1, "Measurements per side, alternating peer-first and ours-first; "
+                       "the ratio is the median of the per-round ratios.")
   flags.DEFINE_string("peers_python", os.environ.get("GENREC_PEERS_PYTHON", "/work/peers_venv/bin/python"),
                       "Python of the peers' venv (torch, torch-rechub, recbole).")
   flags.DEFINE_list("only", [], "Run only these workloads (names in WORKLOADS); default all.")

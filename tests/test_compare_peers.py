@@ -71,3 +71,30 @@ def test_recbole_amazon_inter_keeps_each_users_line_order(data_dir, tmp_path):
   for line in lines[:: max(1, len(lines) // 500)]:
     user, *items = map(int, line.split())
     assert [item for _, item in sorted(by_user[user])] == items
+
+
+def test_rounds_alternate_sides_and_ratio_is_median_of_paired_rounds(monkeypatch):
+  """measure(): the side going first alternates; the ratio pairs each round's runs; the reported
+  run per side is the median one."""
+  calls = []
+  peer_ms, ours_ms = iter([1000.0, 3000.0, 1100.0]), iter([100.0, 400.0, 200.0])
+
+  def fake_peer(p, python, data_dir, steps):
+    calls.append("peer")
+    return {"step_ms_median": next(peer_ms), "flops_per_step": 1e9}
+
+  def fake_ours(o, data_dir, steps):
+    calls.append("ours")
+    return {"step_ms_median": next(ours_ms), "roofline_fraction": 0.1, "matmul_peak_gflops": 100.0}
+
+  monkeypatch.setattr(compare_peers, "run_peer", fake_peer)
+  monkeypatch.setattr(compare_peers, "run_ours", fake_ours)
+  w = compare_peers.Workload("w", (compare_peers.Ours("x"),), compare_peers.Peer("p.py"), "")
+  r = compare_peers.measure(w, "d", 5, 3, "python")
+  assert calls == ["peer", "ours", "ours", "peer", "peer", "ours"]
+  o = r["ours"][0]["result"]
+  assert o["ratio_rounds"] == [10.0, 7.5, 5.5]
+  assert (o["step_ms_median"], r["peer"]["step_ms_median"]) == (200.0, 1100.0)
+  assert o["rounds_ms"] == [100.0, 400.0, 200.0]
+  cells = [c.strip() for c in compare_peers.table([r]).splitlines()[2].split("|")[1:-1]]
+  assert cells[6] == "7.5"  # the median paired ratio, not 1100 / 200 = 5.5
