@@ -48,6 +48,10 @@ def sequential_config() -> ml_collections.ConfigDict:
   # min_interactions ratings, repeatedly (k-core). 0 = off.
   c.data.min_rating = 0.0
   c.data.min_interactions = 0
+  # Training rows: 'last' = each user's last max_seq_len + 1 training events (generative-
+  # recommenders), 'all' = every training event is a target once: long histories are cut into
+  # several rows (data/sequences.py window_ends; RecBole trains on every event too).
+  c.data.train_windows = "last"
   # HSTU Stochastic Length (training only): > 0 shortens a sequence of n > N^{α/2} tokens to
   # N^{α/2} random tokens with probability 1 - N^α/n² (N = max_seq_len); 0 = off. See
   # data/pipeline.py stochastic_length_examples.

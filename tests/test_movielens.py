@@ -629,7 +629,7 @@ def test_recbole_protocol_config(data_dir):
   cfg = ml_collections.ConfigDict(dict(
       seed=0, data=dict(dataset="ml-1m", protocol="loo", max_seq_len=50, download=False,
                         history_filter="none", cold_start_frac=0.0, catalog="rated",
-                        min_rating=3.0, min_interactions=10),
+                        min_rating=3.0, min_interactions=10, train_windows="last"),
       model=dict(name="sasrec")))
   task = load_task(cfg, str(data_dir))
   assert len(task.catalog) == 3123 and len(task.split.test) == 6033
@@ -639,6 +639,12 @@ def test_recbole_protocol_config(data_dir):
   assert int(task.split.train.length_U.sum()) == int(np.sum(np.minimum(per_user - 2, 51) - 1))
   batch, _ = pipeline.eval_batches(task.split.test, 16)[0]
   assert not batch["history"].any()  # nothing removed from the ranking
+  # train_windows='all': every training event but each user's first is a target, as in RecBole's
+  # prefix examples (Σ (length - 3) = 816,350)
+  cfg.data.train_windows = "all"
+  windows = load_task(cfg, str(data_dir)).split.train
+  assert int(windows.length_U.sum()) == int(np.sum(per_user - 3)) == 816350
+  assert windows.length_U.max() == 50 and len(windows) > len(task.split.train)
   cfg.data.dataset = "amazon-beauty"
   cfg.data.catalog = "metadata"
   with pytest.raises(ConfigError, match="min_rating"):

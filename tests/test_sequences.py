@@ -169,6 +169,38 @@ def test_history_filter_all_carries_every_past_item():
     make_split(_seqs(events), "loo", max_seq_len=3, history_filter="some")
 
 
+def test_train_windows_all_makes_every_training_event_a_target_once():
+  # user 7: 9 events (train on 101..107), user 8: 3 events (train on 201 only: no target)
+  events = [(7, 100 + k, 10 * k) for k in range(1, 10)] + [(8, 201, 1), (8, 202, 2), (8, 203, 3)]
+  sp = make_split(_seqs(events), "loo", max_seq_len=3, train_windows="all")
+  # windows of at most N + 1 = 4 events, newest first, overlapping by one: 104..107, 101..104
+  assert len(sp.train) == 2 and list(sp.train.user_U) == [7, 7]
+  np.testing.assert_array_equal(sp.train.ids_UxN, [[104, 105, 106], [101, 102, 103]])
+  np.testing.assert_array_equal(sp.train.targets_UxN, [[105, 106, 107], [102, 103, 104]])
+  np.testing.assert_array_equal(sp.train.ts_UxN1, [[40, 50, 60, 70], [10, 20, 30, 40]])
+  last = make_split(_seqs(events), "loo", max_seq_len=3)
+  np.testing.assert_array_equal(sp.test.ids_UxN, last.test.ids_UxN)  # evaluation unchanged
+  np.testing.assert_array_equal(sp.train.ids_UxN[:1], last.train.ids_UxN[:1])
+  # random lengths: the windows' targets are exactly each user's training events 1..end-1
+  rng = np.random.default_rng(0)
+  events = [(u, int(i), t) for u in range(1, 40) for t, i in enumerate(rng.integers(1, 50, rng.integers(3, 30)))]
+  seqs = _seqs(events)
+  for n in (1, 4, 7):
+    sp = make_split(seqs, "loo", max_seq_len=n, train_windows="all")
+    assert sp.train.length_U.max() <= n and sp.train.length_U.min() >= 1
+    got = collections.Counter()
+    for r in range(len(sp.train)):
+      for t in sp.train.targets_UxN[r][sp.train.targets_UxN[r] > 0]:
+        got[(int(sp.train.user_U[r]), int(t))] += 1
+    want = collections.Counter()
+    for u, start, stop in zip(seqs.users, seqs.offsets[:-1], seqs.offsets[1:]):
+      for t in seqs.items[start + 1 : stop - 2]:  # every training event but the first
+        want[(int(u), int(t))] += 1
+    assert got == want
+  with pytest.raises(ValueError, match="train_windows"):
+    make_split(seqs, "loo", max_seq_len=3, train_windows="every")
+
+
 def test_cold_start_split_hand_made():
   # user 7: items 101..108 at t = 10..80; user 8: 201, 202, 203; user 9: 301, 302, 303.
   events = [(7, 100 + k, 10 * k) for k in range(1, 9)] + [(8, 201, 1), (8, 202, 2), (8, 203, 3)]

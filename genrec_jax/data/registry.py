@@ -6,7 +6,7 @@ import ml_collections
 
 from genrec_jax.config import ConfigError
 from genrec_jax.data import amazon, movielens, tfds_source
-from genrec_jax.data.sequences import HISTORY_FILTERS, choose_cold_items, cold_start_split, group_by_user, make_split
+from genrec_jax.data.sequences import HISTORY_FILTERS, TRAIN_WINDOWS, choose_cold_items, cold_start_split, group_by_user, make_split
 from genrec_jax.train.trainer import Task
 
 CATALOGS = ("metadata", "rated")  # data.catalog values (MovieLens; see config.py)
@@ -57,7 +57,12 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   history_filter = cfg.data.get("history_filter", "window")
   if history_filter not in HISTORY_FILTERS:
     raise ConfigError(f"unknown data.history_filter {history_filter!r}; expected one of {HISTORY_FILTERS}")
+  train_windows = cfg.data.get("train_windows", "last")
+  if train_windows not in TRAIN_WINDOWS:
+    raise ConfigError(f"unknown data.train_windows {train_windows!r}; expected one of {TRAIN_WINDOWS}")
   cold_frac = cfg.data.get("cold_start_frac", 0.0)
+  if cold_frac and train_windows != "last":
+    raise ConfigError("data.cold_start_frac supports data.train_windows='last' only")
   if cold_frac:
     if cfg.data.protocol != "loo" or not 0.0 < cold_frac < 1.0:
       raise ConfigError(
@@ -68,5 +73,6 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
     return Task(split=cs.split, catalog=seqs.catalog, num_items=seqs.num_embeddings,
                 train_catalog=cs.warm_catalog,
                 test_subsets={"cold": cs.test_cold_rows, "warm": cs.test_warm_rows})
-  split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len, history_filter)
+  split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len, history_filter,
+                     cfg.data.get("train_windows", "last"))
   return Task(split=split, catalog=seqs.catalog, num_items=seqs.num_embeddings)

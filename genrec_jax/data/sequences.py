@@ -23,6 +23,7 @@ import numpy as np
 
 PROTOCOLS = ("loo", "paper")
 HISTORY_FILTERS = ("window", "all", "none")
+TRAIN_WINDOWS = ("last", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +172,24 @@ def _examples(
   return Examples(ids, ts, targets, length, seqs.users[rows], past)
 
 
+def window_ends(ends: np.ndarray, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """(row, end) of each training window when every training event is a target once.
+
+  A user's events [0, end) are cut, newest first, into windows of at most N + 1 events that
+  overlap by one: [end - N - 1, end), [end - 2N - 1, end - N), ... Window [lo, hi) trains on
+  targets lo + 1 .. hi - 1, so the targets of all windows are events 1 .. end - 1, each once.
+  Returns, for each window, the index into `ends` it comes from and its hi."""
+  row, hi = [], []
+  for r, end in enumerate(ends):
+    for h in range(int(end), 1, -max_seq_len):
+      row.append(r)
+      hi.append(h)
+  return np.asarray(row, np.int64), np.asarray(hi, np.int64)
+
+
 def make_split(
-    seqs: UserSequences, protocol: str, max_seq_len: int, history_filter: str = "window"
+    seqs: UserSequences, protocol: str, max_seq_len: int, history_filter: str = "window",
+    train_windows: str = "last",
 ) -> Split:
   """Leave-one-out splits by position.
 
@@ -184,18 +201,28 @@ def make_split(
   history_filter: which past items the ranking removes: 'window' = the last max_seq_len the
   model sees (generative-recommenders), 'all' = every past item (S3-Rec / TIGER on Amazon),
   'none' = none (RecBole's sequential models).
+  train_windows: 'last' = one training row per user, its last N + 1 training events
+  (generative-recommenders); 'all' = every training event is a target once (`window_ends`), so
+  long histories give several rows (RecBole's prefix examples also use every event as a target).
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
   if history_filter not in HISTORY_FILTERS:
     raise ValueError(f"unknown history_filter {history_filter!r}; expected one of {HISTORY_FILTERS}")
+  if train_windows not in TRAIN_WINDOWS:
+    raise ValueError(f"unknown train_windows {train_windows!r}; expected one of {TRAIN_WINDOWS}")
   lengths = seqs.lengths()
   held_out = 2 if protocol == "loo" else 1
   rows = np.flatnonzero(lengths >= held_out + 1)
   ln = lengths[rows]
-  train = _examples(seqs, rows, ln - held_out, max_seq_len, train=True)
+  if train_windows == "all":
+    w_row, w_end = window_ends(ln - held_out, max_seq_len)
+    train = _examples(seqs, rows[w_row], w_end, max_seq_len, train=True)
+  else:
+    train = _examples(seqs, rows, ln - held_out, max_seq_len, train=True)
   test = _examples(seqs, rows, ln, max_seq_len, train=False, history_filter=history_filter)
-  val = _examples(seqs, rows, ln - 1, max_seq_len, train=False, history_filter=history_filter) if protocol == "loo" else None
+  val = (_examples(seqs, rows, ln - 1, max_seq_len, train=False, history_filter=history_filter)
+         if protocol == "loo" else None)
   return Split(train=train, val=val, test=test, protocol=protocol)
 
 
