@@ -1,12 +1,21 @@
-"""Datasets by name -> a training Task (sequences, split, catalog)."""
+"""Datasets by name -> a training Task (sequences, split, catalog).
+
+A dataset is a loader `(cfg, data_dir) -> UserSequences` in `LOADERS`, looked up by
+`cfg.data.dataset`; `load_task` splits what it returns with the config's protocol. The built-in
+MovieLens and Amazon loaders sit in the table next to any an experiment adds with
+`register_dataset` (docs/extending.md, experiments/example_events_dataset.py).
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import ml_collections
 
 from genrec_jax.config import ConfigError
 from genrec_jax.data import amazon, movielens, tfds_source
-from genrec_jax.data.sequences import HISTORY_FILTERS, TRAIN_WINDOWS, choose_cold_items, cold_start_split, group_by_user, make_split
+from genrec_jax.data.sequences import (HISTORY_FILTERS, TRAIN_WINDOWS, UserSequences, choose_cold_items,
+                                       cold_start_split, group_by_user, make_split)
 from genrec_jax.train.trainer import Task
 
 CATALOGS = ("metadata", "rated")  # data.catalog values (MovieLens; see config.py)
@@ -15,6 +24,42 @@ CATALOGS = ("metadata", "rated")  # data.catalog values (MovieLens; see config.p
 def filter_ratings(cfg: ml_collections.ConfigDict, ratings: movielens.Ratings) -> movielens.Ratings:
   """`ratings` after data.min_rating and data.min_interactions (movielens.filter_ratings)."""
   return movielens.filter_ratings(ratings, cfg.data.get("min_rating", 0.0), cfg.data.get("min_interactions", 0))
+
+
+def _movielens(cfg: ml_collections.ConfigDict, data_dir: str) -> UserSequences:
+  """MovieLens ratings (data.source: files | tfds) after data.min_rating / min_interactions."""
+  ratings, movies = tfds_source.load_movielens(cfg.data, data_dir)
+  ratings = filter_ratings(cfg, ratings)
+  metadata = cfg.data.get("catalog", "metadata") == "metadata"
+  return group_by_user(ratings.user, ratings.item, ratings.timestamp,
+                       catalog=movies.item if metadata else None)  # None: the rated items
+
+
+def _amazon(cfg: ml_collections.ConfigDict, data_dir: str) -> UserSequences:
+  """S3-Rec/P5 files: each user's items in file order, positions standing in for timestamps."""
+  name = cfg.data.dataset
+  if cfg.model.name == "hstu" and cfg.model.get("use_time_bias", False):
+    raise ConfigError(
+        f"{name} has no timestamps (only the order of each user's items), so HSTU's time bias "
+        f"is meaningless on it: set --config.model.use_time_bias=False "
+        f"(experiments/hstu_amazon.py does)."
+    )
+  return amazon.to_user_sequences(amazon.load(data_dir, name, download=cfg.data.download))
+
+
+Loader = Callable[[ml_collections.ConfigDict, str], UserSequences]
+LOADERS: dict[str, Loader] = {
+    **{name: _movielens for name in movielens.DATASETS},
+    **{name: _amazon for name in amazon.DATASETS},
+}
+
+
+def register_dataset(name: str, loader: Loader) -> None:
+  """Makes `cfg.data.dataset=name` load `loader(cfg, data_dir)`: the user sequences (events
+  grouped by user, sequences.group_by_user), which load_task then splits. Names are unique."""
+  if name in LOADERS and LOADERS[name] is not loader:
+    raise ValueError(f"dataset {name!r} is already registered")
+  LOADERS[name] = loader
 
 
 def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
@@ -26,8 +71,11 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   Amazon (S3-Rec/P5 files): the users' item sequences in file order, with positions standing in
   for the missing timestamps; the catalog is every item id 1..num_items. HSTU's time bias would
   only see positions there, so it must be off (`model.use_time_bias=False`).
+  Registered datasets (`register_dataset`): whatever their loader returns.
   """
   name = cfg.data.dataset
+  if name not in LOADERS:
+    raise ConfigError(f"unknown dataset {name!r}; known: {tuple(LOADERS)}")
   if cfg.data.get("source", "files") != "files" and name not in movielens.DATASETS:
     raise ConfigError(f"data.source={cfg.data.source!r} is for MovieLens; {name!r} is read from files")
   catalog = cfg.data.get("catalog", "metadata")
@@ -38,22 +86,7 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   for key in ("min_rating", "min_interactions"):
     if cfg.data.get(key, 0) and name not in movielens.DATASETS:
       raise ConfigError(f"data.{key} filters MovieLens ratings; {name!r} is used as shipped")
-  if name in movielens.DATASETS:
-    ratings, movies = tfds_source.load_movielens(cfg.data, data_dir)  # data.source: files | tfds
-    ratings = filter_ratings(cfg, ratings)
-    seqs = group_by_user(ratings.user, ratings.item, ratings.timestamp,
-                         catalog=movies.item if catalog == "metadata" else None)  # None: rated ones
-  elif name in amazon.DATASETS:
-    if cfg.model.name == "hstu" and cfg.model.get("use_time_bias", False):
-      raise ConfigError(
-          f"{name} has no timestamps (only the order of each user's items), so HSTU's time bias "
-          f"is meaningless on it: set --config.model.use_time_bias=False "
-          f"(experiments/hstu_amazon.py does)."
-      )
-    seqs = amazon.to_user_sequences(amazon.load(data_dir, name, download=cfg.data.download))
-  else:
-    known = (*movielens.DATASETS, *amazon.DATASETS)
-    raise ConfigError(f"unknown dataset {name!r}; known: {known}")
+  seqs = LOADERS[name](cfg, data_dir)
   history_filter = cfg.data.get("history_filter", "window")
   if history_filter not in HISTORY_FILTERS:
     raise ConfigError(f"unknown data.history_filter {history_filter!r}; expected one of {HISTORY_FILTERS}")
