@@ -83,6 +83,9 @@ def sequential_config() -> ml_collections.ConfigDict:
   # 'cosine': unit user states and item vectors (generative-recommenders); 'dot': raw dot product
   # after a final layer norm (the original SASRec, for loss.name='bce').
   c.model.score = "cosine"
+  # Positional embeddings: 'start' (t from each sequence's first event; generative-recommenders) or
+  # 'end' (N − L + t: the original SASRec's left-padded windows, the newest event always at N − 1).
+  c.model.positions = "start"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "sampled_softmax"  # or 'full_softmax', or 'bce' (the original SASRec's loss)

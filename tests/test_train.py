@@ -175,6 +175,7 @@ def test_fit_twice_in_same_workdir_without_resume_raises(finished, ml100k_task):
     ("--config.model.name=gru", "unknown model 'gru'"),
     ("--config.loss.name=bpr", "unknown loss 'bpr'"),
     ("--config.data.dataset=ml-5m", "unknown dataset 'ml-5m'"),
+    ("--config.model.positions=middle", "unknown model.positions 'middle'"),
 ])
 def test_cli_bad_config_one_error_line_nothing_written(data_dir, ml100k_flags, cli_env, tmp_path, flag, message):
   wd = tmp_path / "run"

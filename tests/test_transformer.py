@@ -173,3 +173,47 @@ def test_sasrec_dot_score_is_final_affine_layer_norm_and_raw_table():
     np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=2e-5)
   table = np.asarray(model.apply({"params": params}, method=model.item_table))
   np.testing.assert_allclose(table, emb, rtol=1e-6)  # not normalised
+
+
+def test_positions_end_are_left_padded_window_positions_padded_and_packed():
+  """model.positions='end' (the original SASRec): the t-th of L events gets P[N − L + t], in the
+  one-user-per-row and the packed layouts alike; 'start' gets P[t]."""
+  cfg = get_config()
+  cfg.model.name = "sasrec"
+  cfg.model.positions = "end"
+  cfg.data.max_seq_len = 6
+  cfg.model.embed_dim = 8
+  cfg.model.num_blocks = 1
+  cfg.model.num_heads = 2
+  cfg.model.ffn_hidden_dim = 16
+  num_items = 11
+  model = build_model(cfg, num_items)
+  rng = np.random.default_rng(8)
+  lengths = np.array([6, 3, 2, 0, 1], np.int32)
+  ids = np.zeros((5, 6), np.int32)
+  for u, ln in enumerate(lengths):
+    ids[u, :ln] = rng.integers(1, num_items, ln)
+  ex = Examples(ids, np.zeros((5, 7), np.int64), ids.copy(), lengths, np.arange(5))
+  padded = pipeline.padded_to_model(ex.take(np.arange(5)))
+  packed = pipeline.pack(ex.take(np.arange(5)), 1)
+  assert packed["ids"].shape[0] < 5  # several users share a row
+  for batch in (padded, packed):
+    jb = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+    params = perturb(model.init({"params": jax.random.key(0)}, jb)["params"], 9, 0.4)
+    got = np.asarray(model.apply({"params": params}, jb, deterministic=True))
+    emb, pos = np.asarray(params["item_emb"], np.float64), np.asarray(params["pos_emb"], np.float64)
+    for r in range(batch["ids"].shape[0]):
+      seg = batch["seg"][r]
+      seg_len = np.array([np.sum(seg == s) for s in seg])
+      left_padded = np.where(seg != 0, batch["pos"][r] + 6 - seg_len, 0)
+      if r == 0 and batch is padded:
+        np.testing.assert_array_equal(left_padded, np.arange(6))  # a full window: unchanged
+      x = (emb[batch["ids"][r]] * math.sqrt(8) + pos[left_padded]) * (seg != 0)[:, None]
+      y = np_sasrec(x, seg, params["encoder"], 1, 2)
+      norm = np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-6)
+      np.testing.assert_allclose(got[r], y / norm * (seg != 0)[:, None], rtol=1e-4, atol=2e-5)
+  # The newest event of every user sits at N − 1 = 5.
+  last = [np.flatnonzero(padded["seg"][u])[-1] for u in range(5) if lengths[u]]
+  seg0 = padded["seg"]
+  got_pos = np.where(seg0 != 0, padded["pos"] + 6 - seg0.sum(1, keepdims=True), 0)
+  assert all(got_pos[u, t] == 5 for u, t in zip([0, 1, 2, 4], last))

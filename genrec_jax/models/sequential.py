@@ -2,6 +2,10 @@
 
 Input pre-processing as the reference's LearnablePositionalEmbeddingInputFeaturesPreprocessor:
   x = Dropout(E[ids] · √D + P[pos]) ⊙ valid_mask
+Positions (`model.positions`):
+  'start'   pos = t, counted from each sequence's first event (generative-recommenders)
+  'end'     pos = N − L + t for a sequence of L ≤ N events: the original SASRec (and S3-Rec) left-pad
+            every window to N, so the newest event always sits at N − 1
 Output post-processing (`model.score`):
   'cosine'  u = y / max(‖y‖₂, 1e-6), and the item table is L2-normalised the same way
             (`item_table`): items are scored by cosine similarity (generative-recommenders).
@@ -39,6 +43,7 @@ Array = jax.Array
 ITEM_FEATURES = ("id", "text", "id+text")
 FUSIONS = ("sum", "concat", "gate")
 SCORES = ("cosine", "dot")
+POSITIONS = ("start", "end")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -89,6 +94,7 @@ class SequentialRecommender(nn.Module):
   fusion: str = "sum"  # 'sum' | 'concat' | 'gate', used by 'id+text'
   text_emb: FrozenArray | None = None  # [num_items, text_dim] frozen text embeddings T
   score: str = "cosine"  # 'cosine' | 'dot' (see the module docstring)
+  positions: str = "start"  # 'start' | 'end' (see the module docstring)
   # Logical axes of params by name (train/mesh.py maps them to mesh axes with cfg.mesh.rules; others
   # are replicated). A table, not nn.with_logical_partitioning boxes, so model.init's params stay arrays.
   PARAM_AXES = {"item_emb": ("vocab", "embed")}
@@ -122,13 +128,19 @@ class SequentialRecommender(nn.Module):
       raise ValueError(f"score {self.score!r} not in {SCORES}")
     if self.score == "dot":
       self.out_norm = nn.LayerNorm(epsilon=1e-8)
+    if self.positions not in POSITIONS:
+      raise ValueError(f"positions {self.positions!r} not in {POSITIONS}")
 
   def __call__(self, batch: dict[str, Array], deterministic: bool = True) -> Array:
     """User states at every token of a model batch (see data/pipeline.py), [B, N, D], unit norm
     ('cosine') or layer-normed ('dot'), zero at padding."""
     ids_BxN, seg_BxN = batch["ids"], batch["seg"]
     mask_BxN = seg_BxN != 0
-    x_BxNxD = self.item_vectors()[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[batch["pos"]]
+    pos_BxN = batch["pos"]
+    if self.positions == "end":  # pos = N − L + t, L = the length of the token's own sequence (segment)
+      len_BxN = jnp.sum(seg_BxN[:, :, None] == seg_BxN[:, None, :], axis=-1, dtype=jnp.int32)
+      pos_BxN = jnp.where(mask_BxN, pos_BxN + self.max_len - len_BxN, 0)
+    x_BxNxD = self.item_vectors()[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[pos_BxN]
     x_BxNxD = self.dropout(x_BxNxD, deterministic=deterministic) * mask_BxN[..., None]
     if isinstance(self.encoder, HSTUEncoder):
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, batch["ts_query"], batch["ts_key"], deterministic)
@@ -176,6 +188,9 @@ def build_model(
 
     return build_hllm_recommender(cfg, num_items, text_emb)
   features = m.get("item_features", "id")
+  positions = m.get("positions", "start")
+  if positions not in POSITIONS:
+    raise ConfigError(f"unknown model.positions {positions!r}; expected one of {POSITIONS}")
   fusion = m.get("fusion", "sum")
   score = m.get("score", "cosine")
   if score not in SCORES:
@@ -234,4 +249,5 @@ def build_model(
       fusion=fusion,
       text_emb=frozen,
       score=score,
+      positions=positions,
   )
