@@ -3,8 +3,10 @@
 experiments/sasrec_amazon.py with the original SASRec's objective instead of our sampled softmax:
 for each position, the next item (label 1) and one item drawn uniformly from the catalog (label 0),
 logits = dot products of the layer-normed user state and raw item embeddings
-(losses.bce_loss, model.score='dot'), 201 epochs as the SASRec code's default. This is the
-like-for-like row for the published SASRec numbers of the TIGER table, which were trained this way.
+(losses.bce_loss, model.score='dot'), positional embeddings of the SASRec code's left-padded
+windows (model.positions='end': the newest event always at position N − 1), 201 epochs as the
+SASRec code's default. This is the like-for-like row for the published SASRec numbers of the
+TIGER table, which were trained this way.
 
   python -m experiments.sasrec_bce_amazon --workdir runs/sasrec_bce_beauty
   python -m experiments.sasrec_bce_amazon --workdir runs/sasrec_bce_sports --config.data.dataset=amazon-sports
@@ -20,6 +22,7 @@ def get_config():
   c.loss.name = "bce"
   c.loss.temperature = 1.0
   c.model.score = "dot"
+  c.model.positions = "end"
   c.train.num_epochs = 201
   return c
 

@@ -451,3 +451,16 @@ def test_report_shows_at5_columns_when_the_paper_has_them():
   assert table.splitlines()[0] == "| | hr@5 | ndcg@5 | hr@10 | ndcg@10 | mrr |"
   plain = report.comparison_table({"test": test}, {"ndcg@10": 0.0318})
   assert plain.splitlines()[0] == "| | hr@10 | ndcg@10 | mrr |"
+
+
+def test_sasrec_bce_config_is_the_original_sasrec_objective_and_inputs():
+  """experiments/sasrec_bce_amazon.py: BCE with one negative, dot product after an affine layer
+  norm, left-padded positions (newest event at N − 1), 201 epochs; the Amazon SASRec otherwise."""
+  from experiments import sasrec_amazon, sasrec_bce_amazon
+
+  cfg, base = sasrec_bce_amazon.get_config(), sasrec_amazon.get_config()
+  assert (cfg.loss.name, cfg.loss.temperature, cfg.model.score, cfg.model.positions) == ("bce", 1.0, "dot", "end")
+  assert cfg.train.num_epochs == 201 and base.model.positions == "start"
+  assert cfg.data.to_dict() == base.data.to_dict()
+  assert {k: v for k, v in cfg.model.items() if k not in ("score", "positions")} == \
+      {k: v for k, v in base.model.items() if k not in ("score", "positions")}
