@@ -66,6 +66,11 @@ def sequential_config() -> ml_collections.ConfigDict:
   c.model.dv = 50
   c.model.ffn_hidden_dim = 50  # SASRec only
   c.model.dropout = 0.2  # HSTU linear dropout / SASRec attention+FFN dropout
+  # SASRec blocks: 'pre_ln' (kang205 / generative-recommenders: Q = LN(X), ReLU FFN) or 'post_ln'
+  # (RecBole / S3-Rec: BERT layout, LN(E + P) input without √D, GELU, N(0, 0.02²) weights;
+  # nn/transformer.py). 'post_ln' reads model.attn_dropout for the attention weights.
+  c.model.sasrec_block = "pre_ln"
+  c.model.attn_dropout = 0.2
   c.model.input_dropout = 0.2
   # SiLU(.)/n uses the reference's padded length n = max_seq_len + gr_output_length(10) + 1.
   c.model.attn_norm_len = 211

@@ -2,6 +2,9 @@
 
 Input pre-processing as the reference's LearnablePositionalEmbeddingInputFeaturesPreprocessor:
   x = Dropout(E[ids] · √D + P[pos]) ⊙ valid_mask
+With `model.sasrec_block='post_ln'` (RecBole's / S3-Rec's SASRec) the input is instead
+  x = Dropout(LN(E[ids] + P[pos])) ⊙ valid_mask        (affine LN, eps 1e-12, no √D)
+and P ~ N(0, 0.02²) (`input_norm=True`, `pos_init='normal_0.02'`).
 Positions (`model.positions`):
   'start'   pos = t, counted from each sequence's first event (generative-recommenders)
   'end'     pos = N − L + t for a sequence of L ≤ N events: the original SASRec (and S3-Rec) left-pad
@@ -37,13 +40,14 @@ import numpy as np
 
 from genrec_jax.config import ConfigError
 from genrec_jax.nn.hstu import ATTENTION_IMPLS, HSTUEncoder
-from genrec_jax.nn.transformer import SASRecEncoder
+from genrec_jax.nn.transformer import PostLNEncoder, SASRecEncoder
 
 Array = jax.Array
 ITEM_FEATURES = ("id", "text", "id+text")
 FUSIONS = ("sum", "concat", "gate")
 SCORES = ("cosine", "dot")
 POSITIONS = ("start", "end")
+SASREC_BLOCKS = ("pre_ln", "post_ln")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -89,7 +93,8 @@ class SequentialRecommender(nn.Module):
   max_len: int
   encoder: nn.Module
   input_dropout: float
-  pos_init: str = "xavier_normal"  # HSTU re-inits it xavier-normal; SASRec keeps N(0, 1/D)
+  pos_init: str = "xavier_normal"  # HSTU re-inits it xavier-normal; SASRec keeps N(0, 1/D); RecBole N(0, 0.02²)
+  input_norm: bool = False  # x = LN(E[ids] + P[pos]) without √D (RecBole's SASRec; module docstring)
   item_features: str = "id"  # 'id' | 'text' | 'id+text' (see the module docstring)
   fusion: str = "sum"  # 'sum' | 'concat' | 'gate', used by 'id+text'
   text_emb: FrozenArray | None = None  # [num_items, text_dim] frozen text embeddings T
@@ -120,10 +125,14 @@ class SequentialRecommender(nn.Module):
         self.gate_logit = self.param("gate_logit", nn.initializers.zeros, (d,))
     if self.pos_init == "xavier_normal":
       pos_init = nn.initializers.xavier_normal()
+    elif self.pos_init == "normal_0.02":
+      pos_init = nn.initializers.normal(0.02)
     else:
       pos_init = truncated_normal_2sigma(math.sqrt(1.0 / d))
     self.pos_emb = self.param("pos_emb", pos_init, (self.max_len, d))
     self.dropout = nn.Dropout(self.input_dropout)
+    if self.input_norm:
+      self.input_ln = nn.LayerNorm(epsilon=1e-12)
     if self.score not in SCORES:
       raise ValueError(f"score {self.score!r} not in {SCORES}")
     if self.score == "dot":
@@ -140,7 +149,10 @@ class SequentialRecommender(nn.Module):
     if self.positions == "end":  # pos = N − L + t, L = the length of the token's own sequence (segment)
       len_BxN = jnp.sum(seg_BxN[:, :, None] == seg_BxN[:, None, :], axis=-1, dtype=jnp.int32)
       pos_BxN = jnp.where(mask_BxN, pos_BxN + self.max_len - len_BxN, 0)
-    x_BxNxD = self.item_vectors()[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[pos_BxN]
+    if self.input_norm:  # LN(E[ids] + P[pos])
+      x_BxNxD = self.input_ln(self.item_vectors()[ids_BxN] + self.pos_emb[pos_BxN])
+    else:  # E[ids] · √D + P[pos]
+      x_BxNxD = self.item_vectors()[ids_BxN] * math.sqrt(self.embed_dim) + self.pos_emb[pos_BxN]
     x_BxNxD = self.dropout(x_BxNxD, deterministic=deterministic) * mask_BxN[..., None]
     if isinstance(self.encoder, HSTUEncoder):
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, batch["ts_query"], batch["ts_key"], deterministic)
@@ -227,15 +239,28 @@ def build_model(
         attention_impl=impl,
         attention_block=block,
     )
-    pos_init = "xavier_normal"
+    pos_init, input_norm = "xavier_normal", False
   elif m.name == "sasrec":
-    encoder = SASRecEncoder(
-        num_blocks=m.num_blocks,
-        num_heads=m.num_heads,
-        ffn_hidden_dim=m.ffn_hidden_dim,
-        dropout_rate=m.dropout,
-    )
-    pos_init = "truncated_normal"
+    block = m.get("sasrec_block", "pre_ln")
+    if block not in SASREC_BLOCKS:
+      raise ConfigError(f"unknown model.sasrec_block {block!r}; expected one of {SASREC_BLOCKS}")
+    if block == "post_ln":  # RecBole's / S3-Rec's BERT layout
+      encoder = PostLNEncoder(
+          num_blocks=m.num_blocks,
+          num_heads=m.num_heads,
+          ffn_hidden_dim=m.ffn_hidden_dim,
+          dropout_rate=m.dropout,
+          attn_dropout_rate=m.get("attn_dropout", m.dropout),
+      )
+      pos_init, input_norm = "normal_0.02", True
+    else:
+      encoder = SASRecEncoder(
+          num_blocks=m.num_blocks,
+          num_heads=m.num_heads,
+          ffn_hidden_dim=m.ffn_hidden_dim,
+          dropout_rate=m.dropout,
+      )
+      pos_init, input_norm = "truncated_normal", False
   else:
     raise ConfigError(f"unknown model {m.name!r}; expected 'hstu' or 'sasrec'")
   return SequentialRecommender(
@@ -245,6 +270,7 @@ def build_model(
       encoder=encoder,
       input_dropout=m.input_dropout,
       pos_init=pos_init,
+      input_norm=input_norm,
       item_features=features,
       fusion=fusion,
       text_emb=frozen,

@@ -8,6 +8,14 @@ As in the generative-recommenders research baseline (sampled softmax instead of 
   X'  = Y ⊙ valid_mask
 
 Weights are xavier-normal, attention biases zero, FFN biases torch's default uniform.
+
+`PostLNEncoder` is the BERT layout RecBole's (and S3-Rec's) SASRec uses instead:
+
+  H   = LN(X + Drop(MHA(X, X, X)))              affine LN, eps 1e-12
+  X'  = LN(H + Drop(W2 GELU(W1 H + b1) + b2))   exact (erf) GELU
+  X'' = X' ⊙ valid_mask
+
+with every weight ~ N(0, 0.02²) and zero biases (RecBole's `_init_weights`).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class CausalSelfAttention(nn.Module):
 
   num_heads: int
   dropout_rate: float
+  init_std: float | None = None  # weights ~ N(0, init_std²); None: xavier-normal (torch's MHA)
 
   @nn.compact
   def __call__(
@@ -38,6 +47,8 @@ class CausalSelfAttention(nn.Module):
     h = self.num_heads
     dh = d // h
     xavier = nn.initializers.xavier_normal()
+    if self.init_std is not None:
+      xavier = nn.initializers.normal(self.init_std)
     # torch initialises in_proj_weight as one (3D, D) matrix.
     w_in = self.param("in_proj", lambda k, s: xavier(k, (3 * d, d)).T, (d, 3 * d))
     b_in = self.param("in_proj_bias", nn.initializers.zeros, (3 * d,))
@@ -87,4 +98,34 @@ class SASRecEncoder(nn.Module):
           layer_norm(q + m, self.eps), deterministic
       )
       x_BxNxD = y * mask_BxN[..., None]
+    return x_BxNxD
+
+
+class PostLNEncoder(nn.Module):
+  """SASRec in the BERT layout of RecBole / S3-Rec (module docstring): post-LN blocks, GELU FFN."""
+
+  num_blocks: int
+  num_heads: int
+  ffn_hidden_dim: int
+  dropout_rate: float  # hidden (residual-branch) dropout
+  attn_dropout_rate: float  # dropout on the attention weights
+  eps: float = 1e-12
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, x_BxNxD: Array, seg_BxN: Array, deterministic: bool) -> Array:
+    mask_BxNxN = attention_mask(seg_BxN)
+    mask_BxN = seg_BxN != 0
+    d = x_BxNxD.shape[-1]
+    init, zeros = nn.initializers.normal(self.init_std), nn.initializers.zeros
+    drop = nn.Dropout(self.dropout_rate)
+    for i in range(self.num_blocks):
+      m = CausalSelfAttention(self.num_heads, self.attn_dropout_rate, self.init_std, name=f"attn_{i}")(
+          x_BxNxD, x_BxNxD, mask_BxNxN, deterministic
+      )
+      h = nn.LayerNorm(epsilon=self.eps, name=f"attn_norm_{i}")(x_BxNxD + drop(m, deterministic=deterministic))
+      f = nn.Dense(self.ffn_hidden_dim, kernel_init=init, bias_init=zeros, name=f"ffn_{i}_w1")(h)
+      f = nn.Dense(d, kernel_init=init, bias_init=zeros, name=f"ffn_{i}_w2")(jax.nn.gelu(f, approximate=False))
+      x_BxNxD = nn.LayerNorm(epsilon=self.eps, name=f"ffn_norm_{i}")(h + drop(f, deterministic=deterministic))
+      x_BxNxD = x_BxNxD * mask_BxN[..., None]
     return x_BxNxD
