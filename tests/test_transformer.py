@@ -73,6 +73,29 @@ def perturb(params, seed: int, scale: float):
 
 
 
+def small_sasrec(seed: int, **model_fields):
+  """A tiny SASRec (N = 6, D = 8, 2 heads, FFN 16, 11 item rows) with `model_fields` set, and
+  five users of lengths 6, 3, 2, 0, 1 as one-user-per-row and packed model batches."""
+  cfg = get_config()
+  cfg.model.name = "sasrec"
+  cfg.data.max_seq_len = 6
+  cfg.model.embed_dim = 8
+  cfg.model.num_blocks = 2
+  cfg.model.num_heads = 2
+  cfg.model.ffn_hidden_dim = 16
+  for k, v in model_fields.items():
+    cfg.model[k] = v
+  num_items = 11
+  rng = np.random.default_rng(seed)
+  lengths = np.array([6, 3, 2, 0, 1], np.int32)
+  ids = np.zeros((5, 6), np.int32)
+  for u, ln in enumerate(lengths):
+    ids[u, :ln] = rng.integers(1, num_items, ln)
+  ex = Examples(ids, np.zeros((5, 7), np.int64), ids.copy(), lengths, np.arange(5))
+  rows = np.arange(5)
+  return build_model(cfg, num_items), pipeline.padded_to_model(ex.take(rows)), pipeline.pack(ex.take(rows), 1)
+
+
 SEG = np.array([[1, 1, 1, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0, 0]])
 
 
@@ -117,22 +140,8 @@ def test_sasrec_attention_dropout_only_in_training():
 
 
 def test_sasrec_model_forward_matches_numpy_padded_and_packed():
-  cfg = get_config()
-  cfg.model.name = "sasrec"
-  cfg.data.max_seq_len = 6
-  cfg.model.embed_dim = 8
-  cfg.model.num_blocks = 2
-  cfg.model.num_heads = 2
-  cfg.model.ffn_hidden_dim = 16
-  num_items = 11
-  model = build_model(cfg, num_items)
-  rng = np.random.default_rng(6)
-  lengths = np.array([6, 3, 2, 0, 1], np.int32)
-  ids = np.zeros((5, 6), np.int32)
-  for u, ln in enumerate(lengths):
-    ids[u, :ln] = rng.integers(1, num_items, ln)
-  ex = Examples(ids, np.zeros((5, 7), np.int64), ids.copy(), lengths, np.arange(5))
-  for batch in (pipeline.padded_to_model(ex.take(np.arange(5))), pipeline.pack(ex.take(np.arange(5)), 1)):
+  model, padded, packed = small_sasrec(6)
+  for batch in (padded, packed):
     jb = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
     params = perturb(model.init({"params": jax.random.key(0)}, jb)["params"], 7, 0.4)
     got = np.asarray(model.apply({"params": params}, jb, deterministic=True))
@@ -178,24 +187,8 @@ def test_sasrec_dot_score_is_final_affine_layer_norm_and_raw_table():
 def test_positions_end_are_left_padded_window_positions_padded_and_packed():
   """model.positions='end' (the original SASRec): the t-th of L events gets P[N − L + t], in the
   one-user-per-row and the packed layouts alike; 'start' gets P[t]."""
-  cfg = get_config()
-  cfg.model.name = "sasrec"
-  cfg.model.positions = "end"
-  cfg.data.max_seq_len = 6
-  cfg.model.embed_dim = 8
-  cfg.model.num_blocks = 1
-  cfg.model.num_heads = 2
-  cfg.model.ffn_hidden_dim = 16
-  num_items = 11
-  model = build_model(cfg, num_items)
-  rng = np.random.default_rng(8)
-  lengths = np.array([6, 3, 2, 0, 1], np.int32)
-  ids = np.zeros((5, 6), np.int32)
-  for u, ln in enumerate(lengths):
-    ids[u, :ln] = rng.integers(1, num_items, ln)
-  ex = Examples(ids, np.zeros((5, 7), np.int64), ids.copy(), lengths, np.arange(5))
-  padded = pipeline.padded_to_model(ex.take(np.arange(5)))
-  packed = pipeline.pack(ex.take(np.arange(5)), 1)
+  model, padded, packed = small_sasrec(8, positions="end", num_blocks=1)
+  lengths = padded["length"]
   assert packed["ids"].shape[0] < 5  # several users share a row
   for batch in (padded, packed):
     jb = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
@@ -232,23 +225,8 @@ def np_affine_ln(x, p, eps=1e-12):
 def test_post_ln_sasrec_model_matches_numpy_padded_and_packed():
   """model.sasrec_block='post_ln' (RecBole's SASRec): x = LN(E + P), then per block
   H = LN(X + MHA(X)), X' = LN(H + W2 GELU(W1 H + b1) + b2), masked; cosine output."""
-  cfg = get_config()
-  cfg.model.name = "sasrec"
-  cfg.model.sasrec_block = "post_ln"
-  cfg.data.max_seq_len = 6
-  cfg.model.embed_dim = 8
-  cfg.model.num_blocks = 2
-  cfg.model.num_heads = 2
-  cfg.model.ffn_hidden_dim = 16
-  num_items = 11
-  model = build_model(cfg, num_items)
-  rng = np.random.default_rng(12)
-  lengths = np.array([6, 3, 2, 0, 1], np.int32)
-  ids = np.zeros((5, 6), np.int32)
-  for u, ln in enumerate(lengths):
-    ids[u, :ln] = rng.integers(1, num_items, ln)
-  ex = Examples(ids, np.zeros((5, 7), np.int64), ids.copy(), lengths, np.arange(5))
-  for batch in (pipeline.padded_to_model(ex.take(np.arange(5))), pipeline.pack(ex.take(np.arange(5)), 1)):
+  model, padded, packed = small_sasrec(12, sasrec_block="post_ln")
+  for batch in (padded, packed):
     jb = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
     params = perturb(model.init({"params": jax.random.key(0)}, jb)["params"], 13, 0.4)
     got = np.asarray(model.apply({"params": params}, jb, deterministic=True))
