@@ -52,6 +52,11 @@ def sequential_config() -> ml_collections.ConfigDict:
   # recommenders), 'all' = every training event is a target once: long histories are cut into
   # several rows (data/sequences.py window_ends; RecBole trains on every event too).
   c.data.train_windows = "last"
+  # With train_windows='all': windows start every train_stride events and each owns only its
+  # last train_stride targets, so every target sees >= max_seq_len + 1 - train_stride events of
+  # context, at max_seq_len / train_stride times the tokens. 0 = max_seq_len (windows overlap by
+  # one event); 1 = RecBole's prefix examples (each target with its full history).
+  c.data.train_stride = 0
   # HSTU Stochastic Length (training only): > 0 shortens a sequence of n > N^{α/2} tokens to
   # N^{α/2} random tokens with probability 1 - N^α/n² (N = max_seq_len); 0 = off. See
   # data/pipeline.py stochastic_length_examples.

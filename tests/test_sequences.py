@@ -201,6 +201,40 @@ def test_train_windows_all_makes_every_training_event_a_target_once():
     make_split(seqs, "loo", max_seq_len=3, train_windows="every")
 
 
+def test_train_stride_gives_every_target_once_with_at_least_n_plus_1_minus_s_of_context():
+  # Naive reference: each training event j >= 1 of a user is predicted exactly once, from a
+  # history that is events[j - h : j] with h >= min(j, N + 1 - S). Item ids are unique per user
+  # (1000 u + position), so a target names its event.
+  rng = np.random.default_rng(1)
+  events = [(u, 1000 * u + t, t) for u in range(1, 30) for t in range(int(rng.integers(3, 40)))]
+  seqs = _seqs(events)
+  for n, s in ((5, 1), (5, 2), (5, 5), (8, 3)):
+    ex = make_split(seqs, "loo", max_seq_len=n, train_windows="all", train_stride=s).train
+    seen = collections.Counter()
+    for r in range(len(ex)):
+      (pos,) = np.nonzero(ex.targets_UxN[r])
+      assert 1 <= len(pos) <= s and np.all(np.diff(pos) == 1) and pos[-1] == ex.length_U[r] - 1
+      for p in pos:
+        target = int(ex.targets_UxN[r, p])
+        u, j = divmod(target, 1000)
+        hist = ex.ids_UxN[r, : p + 1]
+        np.testing.assert_array_equal(hist, 1000 * u + np.arange(j - len(hist), j))
+        assert len(hist) >= min(j, n + 1 - s)
+        seen[(u, j)] += 1
+    want = {(int(u), j) for u, x in zip(seqs.users, seqs.lengths()) for j in range(1, int(x) - 2)}
+    assert set(seen) == want and set(seen.values()) == {1}
+    if s == 1:  # RecBole's prefix examples: one target per row, at the end, its full history
+      np.testing.assert_array_equal(ex.length_U, np.concatenate(
+          [np.minimum(np.arange(int(x) - 3, 0, -1), n) for x in seqs.lengths()]))
+    if s == n:  # stride N = train_windows='all' without a stride
+      plain = make_split(seqs, "loo", max_seq_len=n, train_windows="all").train
+      np.testing.assert_array_equal(ex.targets_UxN, plain.targets_UxN)
+  with pytest.raises(ValueError, match="stride"):
+    make_split(seqs, "loo", max_seq_len=3, train_windows="all", train_stride=4)
+  with pytest.raises(ValueError, match="train_windows='all'"):
+    make_split(seqs, "loo", max_seq_len=3, train_stride=2)
+
+
 def test_cold_start_split_hand_made():
   # user 7: items 101..108 at t = 10..80; user 8: 201, 202, 203; user 9: 301, 302, 303.
   events = [(7, 100 + k, 10 * k) for k in range(1, 9)] + [(8, 201, 1), (8, 202, 2), (8, 203, 3)]

@@ -69,12 +69,13 @@ def _rated(ex: Examples, rating_E: np.ndarray) -> RatedExamples:
 def rate_split(
     user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, rating: np.ndarray,
     protocol: str, max_seq_len: int, history_filter: str = "window", train_windows: str = "last",
+    train_stride: int = 0,
 ) -> RatedSplit:
   """Ratings at the target positions of make_split(group_by_user(user, item, timestamp), ...)."""
   del item  # the split of the real items is not needed: event ids carry the same positions
   event_E = np.arange(1, len(user) + 1, dtype=np.int64)  # event id + 1 (0 is padding)
   seqs = group_by_user(user, event_E, timestamp)
-  split = make_split(seqs, protocol, max_seq_len, history_filter, train_windows)
+  split = make_split(seqs, protocol, max_seq_len, history_filter, train_windows, train_stride)
   rating_E = np.asarray(rating, np.float32)
   return RatedSplit(
       train=_rated(split.train, rating_E),
@@ -96,7 +97,8 @@ def load_rated_task(cfg: ml_collections.ConfigDict, data_dir: str) -> tuple[Task
   task = load_task(cfg, data_dir)
   r = filter_ratings(cfg, movielens.load_ratings(data_dir, name, download=cfg.data.download))
   rated = rate_split(r.user, r.item, r.timestamp, r.rating, cfg.data.protocol, cfg.data.max_seq_len,
-                     cfg.data.get("history_filter", "window"), cfg.data.get("train_windows", "last"))
+                     cfg.data.get("history_filter", "window"), cfg.data.get("train_windows", "last"),
+                     cfg.data.get("train_stride", 0))
   rated.check(task.split, np.asarray(r.item))
   return task, rated
 

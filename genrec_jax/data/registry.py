@@ -93,6 +93,12 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
   train_windows = cfg.data.get("train_windows", "last")
   if train_windows not in TRAIN_WINDOWS:
     raise ConfigError(f"unknown data.train_windows {train_windows!r}; expected one of {TRAIN_WINDOWS}")
+  train_stride = cfg.data.get("train_stride", 0)
+  if train_stride and (train_windows != "all" or not 1 <= train_stride <= cfg.data.max_seq_len):
+    raise ConfigError(f"data.train_stride={train_stride} needs data.train_windows='all' and a stride in "
+                      f"[1, data.max_seq_len={cfg.data.max_seq_len}] (0 = max_seq_len)")
+  if train_stride and cfg.data.get("stochastic_length_alpha", 0.0):
+    raise ConfigError("data.train_stride does not combine with data.stochastic_length_alpha")
   cold_frac = cfg.data.get("cold_start_frac", 0.0)
   if cold_frac and train_windows != "last":
     raise ConfigError("data.cold_start_frac supports data.train_windows='last' only")
@@ -106,6 +112,6 @@ def load_task(cfg: ml_collections.ConfigDict, data_dir: str) -> Task:
     return Task(split=cs.split, catalog=seqs.catalog, num_items=seqs.num_embeddings,
                 train_catalog=cs.warm_catalog,
                 test_subsets={"cold": cs.test_cold_rows, "warm": cs.test_warm_rows})
-  split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len, history_filter,
-                     cfg.data.get("train_windows", "last"))
+  split = make_split(seqs, cfg.data.protocol, cfg.data.max_seq_len, history_filter, train_windows,
+                     train_stride)
   return Task(split=split, catalog=seqs.catalog, num_items=seqs.num_embeddings)

@@ -131,10 +131,13 @@ def _examples(
     max_seq_len: int,
     train: bool,
     history_filter: str = "window",
+    own: np.ndarray | None = None,
 ) -> Examples:
   """Builds examples for users `rows` from their events before index `ends` (exclusive).
 
-  train=True: the sequence s = events[:end][-(N + 1):] gives history s[:-1] and targets s[1:].
+  train=True: the sequence s = events[:end][-(N + 1):] gives history s[:-1] and targets s[1:];
+  with `own`, only the last own[r] targets of row r are kept (the others become 0 = no loss,
+  their items stay in the history as context).
   train=False: history = events[:end - 1][-N:], the single target = events[end - 1]; `past`, the
   items the ranking removes, is the history (history_filter 'window': None), all of
   events[:end - 1] ('all'), or nothing ('none': one padding id).
@@ -154,6 +157,8 @@ def _examples(
       h = len(s_items) - 1
       ids[r, :h] = s_items[:-1]
       targets[r, :h] = s_items[1:]
+      if own is not None:
+        targets[r, : max(h - int(own[r]), 0)] = 0
     else:
       h = min(len(s_items) - 1, n)
       s_items, s_ts = s_items[-(h + 1) :], s_ts[-(h + 1) :]
@@ -172,24 +177,35 @@ def _examples(
   return Examples(ids, ts, targets, length, seqs.users[rows], past)
 
 
-def window_ends(ends: np.ndarray, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """(row, end) of each training window when every training event is a target once.
+def window_ends(
+    ends: np.ndarray, max_seq_len: int, stride: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(row, hi, own) of each training window when every training event is a target once.
 
-  A user's events [0, end) are cut, newest first, into windows of at most N + 1 events that
-  overlap by one: [end - N - 1, end), [end - 2N - 1, end - N), ... Window [lo, hi) trains on
-  targets lo + 1 .. hi - 1, so the targets of all windows are events 1 .. end - 1, each once.
-  Returns, for each window, the index into `ends` it comes from and its hi."""
-  row, hi = [], []
+  A user's events [0, end) give windows [max(0, hi - N - 1), hi) for hi = end, end - S,
+  end - 2S, ... > 1 (S = stride, default N). Window hi owns the targets max(1, hi - S) .. hi - 1
+  (`own` = how many, counted from its end), so the owned targets of all windows are events
+  1 .. end - 1, each once, and every target sees at least N + 1 - S events of context (all of
+  them when fewer exist). S = N: windows overlap by one event and own all their targets; S = 1:
+  one window per target with its full N-event history (RecBole's prefix examples).
+  Returns, for each window, the index into `ends` it comes from, its hi and its own.
+  """
+  s = max_seq_len if stride is None else stride
+  if not 1 <= s <= max_seq_len:
+    raise ValueError(f"train stride must be in [1, max_seq_len={max_seq_len}], got {s}")
+  row, hi, own = [], [], []
   for r, end in enumerate(ends):
-    for h in range(int(end), 1, -max_seq_len):
+    for h in range(int(end), 1, -s):
       row.append(r)
       hi.append(h)
-  return np.asarray(row, np.int64), np.asarray(hi, np.int64)
+      own.append(min(s, h - 1))
+  return np.asarray(row, np.int64), np.asarray(hi, np.int64), np.asarray(own, np.int64)
 
 
 def make_split(
     seqs: UserSequences, protocol: str, max_seq_len: int, history_filter: str = "window",
     train_windows: str = "last",
+    train_stride: int = 0,
 ) -> Split:
   """Leave-one-out splits by position.
 
@@ -204,6 +220,8 @@ def make_split(
   train_windows: 'last' = one training row per user, its last N + 1 training events
   (generative-recommenders); 'all' = every training event is a target once (`window_ends`), so
   long histories give several rows (RecBole's prefix examples also use every event as a target).
+  train_stride ('all' only): S of `window_ends`; 0 = N (windows overlap by one event). Smaller S
+  gives each target more context at N / S times the training tokens; 1 = RecBole's prefixes.
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
@@ -215,9 +233,11 @@ def make_split(
   held_out = 2 if protocol == "loo" else 1
   rows = np.flatnonzero(lengths >= held_out + 1)
   ln = lengths[rows]
+  if train_stride and train_windows != "all":
+    raise ValueError(f"train_stride={train_stride} needs train_windows='all'")
   if train_windows == "all":
-    w_row, w_end = window_ends(ln - held_out, max_seq_len)
-    train = _examples(seqs, rows[w_row], w_end, max_seq_len, train=True)
+    w_row, w_end, w_own = window_ends(ln - held_out, max_seq_len, train_stride or None)
+    train = _examples(seqs, rows[w_row], w_end, max_seq_len, train=True, own=w_own)
   else:
     train = _examples(seqs, rows, ln - held_out, max_seq_len, train=True)
   test = _examples(seqs, rows, ln, max_seq_len, train=False, history_filter=history_filter)
