@@ -645,6 +645,19 @@ def test_recbole_protocol_config(data_dir):
   windows = load_task(cfg, str(data_dir)).split.train
   assert int(windows.length_U.sum()) == int(np.sum(per_user - 3)) == 816350
   assert windows.length_U.max() == 50 and len(windows) > len(task.split.train)
+  # train_stride=10: the same 816,350 targets, each with at least 41 events of context (or all)
+  cfg.data.train_stride = 10
+  strided = load_task(cfg, str(data_dir)).split.train
+  assert int((strided.targets_UxN != 0).sum()) == 816350
+  assert int((strided.targets_UxN != 0).sum(1).max()) == 10 and len(strided) > 4 * len(windows)
+  for bad in (51, -1):
+    cfg.data.train_stride = bad
+    with pytest.raises(ConfigError, match="train_stride"):
+      load_task(cfg, str(data_dir))
+  cfg.data.train_stride, cfg.data.train_windows = 10, "last"
+  with pytest.raises(ConfigError, match="train_stride"):
+    load_task(cfg, str(data_dir))
+  cfg.data.train_stride, cfg.data.train_windows = 0, "all"
   cfg.data.dataset = "amazon-beauty"
   cfg.data.catalog = "metadata"
   with pytest.raises(ConfigError, match="min_rating"):

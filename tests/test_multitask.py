@@ -65,6 +65,14 @@ def test_ratings_align_with_udata(rated_task, udata, ml100k_task):
   np.testing.assert_array_equal(task.split.train.user_U, ml100k_task.split.train.user_U)
 
 
+def test_ratings_align_with_strided_windows(data_dir, udata):
+  # train_stride masks the targets a window does not own; the ratings follow the same mask
+  task, rated = ratings.load_rated_task(
+      small_config(**{"data.train_windows": "all", "data.train_stride": 3}), str(data_dir))
+  assert int((task.split.train.targets_UxN != 0).sum(1).max()) == 3
+  _check_against_file(task.split.train, rated.train, udata)
+
+
 def test_alignment_check_fails_on_misaligned_events(rated_task, data_dir):
   task, rated = rated_task
   shifted = ratings.RatedExamples(np.roll(rated.val.event_UxN, 1, axis=0), rated.val.rating_UxN, rated.val.user_U)
