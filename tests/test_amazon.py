@@ -453,14 +453,20 @@ def test_report_shows_at5_columns_when_the_paper_has_them():
   assert plain.splitlines()[0] == "| | hr@10 | ndcg@10 | mrr |"
 
 
-def test_sasrec_bce_config_is_the_original_sasrec_objective_and_inputs():
-  """experiments/sasrec_bce_amazon.py: BCE with one negative, dot product after an affine layer
-  norm, left-padded positions (newest event at N − 1), 201 epochs; the Amazon SASRec otherwise."""
+def test_sasrec_bce_config_is_s3recs_sasrec():
+  """experiments/sasrec_bce_amazon.py: BCE with one negative, dot product, left-padded positions
+  (newest event at N − 1) and S3-Rec's model (post-LN, D 64, 2 heads, FFN 256, dropout 0.5, batch
+  256); data and every other setting as the Amazon SASRec."""
   from experiments import sasrec_amazon, sasrec_bce_amazon
 
   cfg, base = sasrec_bce_amazon.get_config(), sasrec_amazon.get_config()
   assert (cfg.loss.name, cfg.loss.temperature, cfg.model.score, cfg.model.positions) == ("bce", 1.0, "dot", "end")
-  assert cfg.train.num_epochs == 201 and base.model.positions == "start"
+  s3rec = dict(sasrec_block="post_ln", embed_dim=64, num_heads=2, ffn_hidden_dim=256, attn_dropout=0.5,
+               dropout=0.5, input_dropout=0.5, num_blocks=2)
+  assert {k: cfg.model[k] for k in s3rec} == s3rec
+  assert (cfg.train.batch_size, cfg.train.learning_rate, cfg.train.num_epochs, cfg.train.patience) == (256, 1e-3, 201, 20)
+  assert base.model.positions == "start" and base.model.sasrec_block == "pre_ln"
   assert cfg.data.to_dict() == base.data.to_dict()
-  assert {k: v for k, v in cfg.model.items() if k not in ("score", "positions")} == \
-      {k: v for k, v in base.model.items() if k not in ("score", "positions")}
+  changed = set(s3rec) | {"score", "positions"}
+  assert {k: v for k, v in cfg.model.items() if k not in changed} == \
+      {k: v for k, v in base.model.items() if k not in changed}
