@@ -230,7 +230,8 @@ def test_killed_process_makes_the_other_exit_with_a_clear_error(victim, data_dir
   - the survivor's next collective fails at once (gloo: connection closed) and our handler
     (cli.py, distributed.describe_failure) exits with code 1 naming the lost process, or the
     coordinator if process 0 died;
-  - or JAX's distributed client gets there first and aborts (SIGABRT): after the heartbeat
+  - or JAX's distributed client gets there first and aborts (SIGABRT, or SIGSEGV when Python's
+    fault handler crashes during the abort): after the heartbeat
     timeout naming the dead task, or at once naming the lost leader (coordinator).
   Either way: a non-zero exit naming who was lost, within seconds, never a hang."""
   flags = ml100k_flags(**{**RUN, "train.num_epochs": 50})  # RUN's programs are in the compilation cache
@@ -255,8 +256,11 @@ def test_killed_process_makes_the_other_exit_with_a_clear_error(victim, data_dir
   assert code[0] != 0, out[-2000:]
   assert code[0] != -signal.SIGKILL, "the survivor hung: killed by the test 120 s after its peer"
   ours = code[0] == 1 and "error: process" in out
-  jax_abort = code[0] == -signal.SIGABRT and "Terminating process because the JAX distributed service" in out
-  assert ours or jax_abort, out[-3000:]
+  # JAX's abort sometimes ends in SIGSEGV instead: Python's fault handler crashes while dumping
+  # the threads of the aborting process (seen in CI); the message naming the loss is printed first.
+  jax_abort = (code[0] in (-signal.SIGABRT, -signal.SIGSEGV)
+               and "Terminating process because the JAX distributed service" in out)
+  assert ours or jax_abort, f"exit code {code[0]}\n" + out[-3000:]
   if victim == 1:
     assert ("lost process(es) [1]" in out if ours else
             re.search(r"stopped sending heartbeats\):\s*1\b", out)), out[-3000:]
