@@ -178,19 +178,19 @@ def _examples(
 
 
 def window_ends(
-    ends: np.ndarray, max_seq_len: int, stride: int | None = None
+    ends: np.ndarray, max_seq_len: int, stride: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(row, hi, own) of each training window when every training event is a target once.
 
   A user's events [0, end) give windows [max(0, hi - N - 1), hi) for hi = end, end - S,
-  end - 2S, ... > 1 (S = stride, default N). Window hi owns the targets max(1, hi - S) .. hi - 1
+  end - 2S, ... > 1 (S = stride, 0 = N). Window hi owns the targets max(1, hi - S) .. hi - 1
   (`own` = how many, counted from its end), so the owned targets of all windows are events
   1 .. end - 1, each once, and every target sees at least N + 1 - S events of context (all of
   them when fewer exist). S = N: windows overlap by one event and own all their targets; S = 1:
   one window per target with its full N-event history (RecBole's prefix examples).
   Returns, for each window, the index into `ends` it comes from, its hi and its own.
   """
-  s = max_seq_len if stride is None else stride
+  s = stride or max_seq_len
   if not 1 <= s <= max_seq_len:
     raise ValueError(f"train stride must be in [1, max_seq_len={max_seq_len}], got {s}")
   row, hi, own = [], [], []
@@ -236,7 +236,7 @@ def make_split(
   if train_stride and train_windows != "all":
     raise ValueError(f"train_stride={train_stride} needs train_windows='all'")
   if train_windows == "all":
-    w_row, w_end, w_own = window_ends(ln - held_out, max_seq_len, train_stride or None)
+    w_row, w_end, w_own = window_ends(ln - held_out, max_seq_len, train_stride)
     train = _examples(seqs, rows[w_row], w_end, max_seq_len, train=True, own=w_own)
   else:
     train = _examples(seqs, rows, ln - held_out, max_seq_len, train=True)
