@@ -4,7 +4,7 @@ Input pre-processing as the reference's LearnablePositionalEmbeddingInputFeature
   x = Dropout(E[ids] · √D + P[pos]) ⊙ valid_mask
 With `model.sasrec_block='post_ln'` (RecBole's / S3-Rec's SASRec) the input is instead
   x = Dropout(LN(E[ids] + P[pos])) ⊙ valid_mask        (affine LN, eps 1e-12, no √D)
-and P ~ N(0, 0.02²) (`input_norm=True`, `pos_init='normal_0.02'`).
+and E, P ~ N(0, 0.02²) (`input_norm=True`, `pos_init='normal_0.02'`).
 Positions (`model.positions`):
   'start'   pos = t, counted from each sequence's first event (generative-recommenders)
   'end'     pos = N − L + t for a sequence of L ≤ N events: the original SASRec (and S3-Rec) left-pad
@@ -13,7 +13,9 @@ Output post-processing (`model.score`):
   'cosine'  u = y / max(‖y‖₂, 1e-6), and the item table is L2-normalised the same way
             (`item_table`): items are scored by cosine similarity (generative-recommenders).
   'dot'     u = LayerNorm(y) (affine), raw item vectors: items are scored by dot product, as the
-            original SASRec (its last layer norm, logits = u · E[i]) trained with BCE.
+            original SASRec (its last layer norm, logits = u · E[i]) trained with BCE. With
+            post-LN blocks (`final_norm=False`) u = y: their last block already ends in a layer
+            norm and S3-Rec / RecBole score that output directly.
 
 Item vectors E (`model.item_features`; the same E feeds the input above and the output table):
   'id'       E = E_id                                    (learned table; the default)
@@ -100,6 +102,7 @@ class SequentialRecommender(nn.Module):
   text_emb: FrozenArray | None = None  # [num_items, text_dim] frozen text embeddings T
   score: str = "cosine"  # 'cosine' | 'dot' (see the module docstring)
   positions: str = "start"  # 'start' | 'end' (see the module docstring)
+  final_norm: bool = True  # 'dot' only: the final affine LN of pre-LN SASRec (off for post-LN blocks)
   # Logical axes of params by name (train/mesh.py maps them to mesh axes with cfg.mesh.rules; others
   # are replicated). A table, not nn.with_logical_partitioning boxes, so model.init's params stay arrays.
   PARAM_AXES = {"item_emb": ("vocab", "embed")}
@@ -115,7 +118,9 @@ class SequentialRecommender(nn.Module):
                          f"[{self.num_items}, text_dim], got {got}")
       self.text_proj = nn.Dense(d)
     if self.item_features != "text":
-      self.item_emb = self.param("item_emb", truncated_normal_2sigma(0.02), (self.num_items, d))
+      # RecBole / S3-Rec draw every embedding from N(0, 0.02²); the HSTU reference truncates at ±2σ.
+      item_init = nn.initializers.normal(0.02) if self.pos_init == "normal_0.02" else truncated_normal_2sigma(0.02)
+      self.item_emb = self.param("item_emb", item_init, (self.num_items, d))
     if self.item_features == "id+text":
       if self.fusion not in FUSIONS:
         raise ValueError(f"fusion {self.fusion!r} not in {FUSIONS}")
@@ -135,7 +140,7 @@ class SequentialRecommender(nn.Module):
       self.input_ln = nn.LayerNorm(epsilon=1e-12)
     if self.score not in SCORES:
       raise ValueError(f"score {self.score!r} not in {SCORES}")
-    if self.score == "dot":
+    if self.score == "dot" and self.final_norm:
       self.out_norm = nn.LayerNorm(epsilon=1e-8)
     if self.positions not in POSITIONS:
       raise ValueError(f"positions {self.positions!r} not in {POSITIONS}")
@@ -159,7 +164,8 @@ class SequentialRecommender(nn.Module):
     else:
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, deterministic)
     if self.score == "dot":
-      return self.out_norm(y_BxNxD) * mask_BxN[..., None]
+      u_BxNxD = self.out_norm(y_BxNxD) if self.final_norm else y_BxNxD
+      return u_BxNxD * mask_BxN[..., None]
     return l2_normalize(y_BxNxD) * mask_BxN[..., None]
 
   def item_vectors(self) -> Array:
@@ -239,7 +245,7 @@ def build_model(
         attention_impl=impl,
         attention_block=block,
     )
-    pos_init, input_norm = "xavier_normal", False
+    pos_init, input_norm, final_norm = "xavier_normal", False, True
   elif m.name == "sasrec":
     block = m.get("sasrec_block", "pre_ln")
     if block not in SASREC_BLOCKS:
@@ -252,7 +258,7 @@ def build_model(
           dropout_rate=m.dropout,
           attn_dropout_rate=m.get("attn_dropout", m.dropout),
       )
-      pos_init, input_norm = "normal_0.02", True
+      pos_init, input_norm, final_norm = "normal_0.02", True, False
     else:
       encoder = SASRecEncoder(
           num_blocks=m.num_blocks,
@@ -260,7 +266,7 @@ def build_model(
           ffn_hidden_dim=m.ffn_hidden_dim,
           dropout_rate=m.dropout,
       )
-      pos_init, input_norm = "truncated_normal", False
+      pos_init, input_norm, final_norm = "truncated_normal", False, True
   else:
     raise ConfigError(f"unknown model {m.name!r}; expected 'hstu' or 'sasrec'")
   return SequentialRecommender(
@@ -276,4 +282,5 @@ def build_model(
       text_emb=frozen,
       score=score,
       positions=positions,
+      final_norm=final_norm,
   )
