@@ -456,7 +456,7 @@ def test_report_shows_at5_columns_when_the_paper_has_them():
 def test_sasrec_bce_config_is_s3recs_sasrec():
   """experiments/sasrec_bce_amazon.py: BCE with one negative, dot product, left-padded positions
   (newest event at N − 1) and S3-Rec's model (post-LN, D 64, 2 heads, FFN 256, dropout 0.5, batch
-  256); data and every other setting as the Amazon SASRec."""
+  256, Adam β₂ 0.999); data and every other setting as the Amazon SASRec."""
   from experiments import sasrec_amazon, sasrec_bce_amazon
 
   cfg, base = sasrec_bce_amazon.get_config(), sasrec_amazon.get_config()
@@ -465,6 +465,7 @@ def test_sasrec_bce_config_is_s3recs_sasrec():
                dropout=0.5, input_dropout=0.5, num_blocks=2)
   assert {k: cfg.model[k] for k in s3rec} == s3rec
   assert (cfg.train.batch_size, cfg.train.learning_rate, cfg.train.num_epochs, cfg.train.patience) == (256, 1e-3, 201, 20)
+  assert (cfg.train.b1, cfg.train.b2, cfg.train.weight_decay) == (0.9, 0.999, 0.0)
   assert base.model.positions == "start" and base.model.sasrec_block == "pre_ln"
   assert cfg.data.to_dict() == base.data.to_dict()
   changed = set(s3rec) | {"score", "positions"}
