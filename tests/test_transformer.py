@@ -222,27 +222,32 @@ def np_affine_ln(x, p, eps=1e-12):
   return np_layer_norm(x, eps) * np.asarray(p["scale"], np.float64) + np.asarray(p["bias"], np.float64)
 
 
+def np_post_ln_sasrec(p, ids, pos, seg, num_blocks, num_heads):
+  """NumPy post-LN SASRec of one row: x = LN(E + P), then per block H = LN(X + MHA(X)),
+  X' = LN(H + W2 GELU(W1 H + b1) + b2), zero at padding."""
+  enc, mask = p["encoder"], (seg != 0)[:, None]
+  x = np_affine_ln(p["item_emb"][ids] + p["pos_emb"][pos], p["input_ln"]) * mask
+  for i in range(num_blocks):
+    h = np_affine_ln(x + np_mha(x, x, seg, enc[f"attn_{i}"], num_heads), enc[f"attn_norm_{i}"])
+    f = np_gelu(h @ enc[f"ffn_{i}_w1"]["kernel"] + enc[f"ffn_{i}_w1"]["bias"])
+    f = f @ enc[f"ffn_{i}_w2"]["kernel"] + enc[f"ffn_{i}_w2"]["bias"]
+    x = np_affine_ln(h + f, enc[f"ffn_norm_{i}"]) * mask
+  return x
+
+
 def test_post_ln_sasrec_model_matches_numpy_padded_and_packed():
-  """model.sasrec_block='post_ln' (RecBole's SASRec): x = LN(E + P), then per block
-  H = LN(X + MHA(X)), X' = LN(H + W2 GELU(W1 H + b1) + b2), masked; cosine output."""
+  """model.sasrec_block='post_ln' (RecBole's SASRec, np_post_ln_sasrec), cosine output."""
   model, padded, packed = small_sasrec(12, sasrec_block="post_ln")
   for batch in (padded, packed):
     jb = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
     params = perturb(model.init({"params": jax.random.key(0)}, jb)["params"], 13, 0.4)
     got = np.asarray(model.apply({"params": params}, jb, deterministic=True))
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
-    enc = p["encoder"]
     for r in range(batch["ids"].shape[0]):
       seg = batch["seg"][r]
-      mask = (seg != 0)[:, None]
-      x = np_affine_ln(p["item_emb"][batch["ids"][r]] + p["pos_emb"][batch["pos"][r]], p["input_ln"]) * mask
-      for i in range(2):
-        h = np_affine_ln(x + np_mha(x, x, seg, enc[f"attn_{i}"], 2), enc[f"attn_norm_{i}"])
-        f = np_gelu(h @ enc[f"ffn_{i}_w1"]["kernel"] + enc[f"ffn_{i}_w1"]["bias"])
-        f = f @ enc[f"ffn_{i}_w2"]["kernel"] + enc[f"ffn_{i}_w2"]["bias"]
-        x = np_affine_ln(h + f, enc[f"ffn_norm_{i}"]) * mask
+      x = np_post_ln_sasrec(p, batch["ids"][r], batch["pos"][r], seg, 2, 2)
       norm = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
-      np.testing.assert_allclose(got[r], x / norm * mask, rtol=1e-4, atol=2e-5)
+      np.testing.assert_allclose(got[r], x / norm * (seg != 0)[:, None], rtol=1e-4, atol=2e-5)
 
 
 def test_post_ln_dot_score_is_the_last_block_output_without_another_norm():
@@ -254,15 +259,9 @@ def test_post_ln_dot_score_is_the_last_block_output_without_another_norm():
   assert "out_norm" not in params
   got = np.asarray(model.apply({"params": params}, jb, deterministic=True))
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
-  enc = p["encoder"]
   for r in range(padded["ids"].shape[0]):
-    seg = padded["seg"][r]
-    mask = (seg != 0)[:, None]
-    x = np_affine_ln(p["item_emb"][padded["ids"][r]] + p["pos_emb"][padded["pos"][r]], p["input_ln"]) * mask
-    h = np_affine_ln(x + np_mha(x, x, seg, enc["attn_0"], 2), enc["attn_norm_0"])
-    f = np_gelu(h @ enc["ffn_0_w1"]["kernel"] + enc["ffn_0_w1"]["bias"]) @ enc["ffn_0_w2"]["kernel"]
-    x = np_affine_ln(h + f + enc["ffn_0_w2"]["bias"], enc["ffn_norm_0"]) * mask
-    np.testing.assert_allclose(got[r], x, rtol=1e-4, atol=2e-5)
+    want = np_post_ln_sasrec(p, padded["ids"][r], padded["pos"][r], padded["seg"][r], 1, 2)
+    np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=2e-5)
 
 
 def test_post_ln_init_is_normal_002_with_zero_biases():
