@@ -13,8 +13,8 @@ Output post-processing (`model.score`):
   'cosine'  u = y / max(‖y‖₂, 1e-6), and the item table is L2-normalised the same way
             (`item_table`): items are scored by cosine similarity (generative-recommenders).
   'dot'     u = LayerNorm(y) (affine), raw item vectors: items are scored by dot product, as the
-            original SASRec (its last layer norm, logits = u · E[i]) trained with BCE. With
-            post-LN blocks (`final_norm=False`) u = y: their last block already ends in a layer
+            original SASRec (its last layer norm, logits = u · E[i]) trained with BCE. In the
+            post-LN layout (`input_norm=True`) u = y: the last block already ends in a layer
             norm and S3-Rec / RecBole score that output directly.
 
 Item vectors E (`model.item_features`; the same E feeds the input above and the output table):
@@ -96,13 +96,14 @@ class SequentialRecommender(nn.Module):
   encoder: nn.Module
   input_dropout: float
   pos_init: str = "xavier_normal"  # HSTU re-inits it xavier-normal; SASRec keeps N(0, 1/D); RecBole N(0, 0.02²)
-  input_norm: bool = False  # x = LN(E[ids] + P[pos]) without √D (RecBole's SASRec; module docstring)
+  # The post-LN BERT layout of RecBole's / S3-Rec's SASRec (module docstring): x = LN(E[ids] + P[pos])
+  # without √D, E ~ N(0, 0.02²) untruncated, and no final LN before 'dot' scores.
+  input_norm: bool = False
   item_features: str = "id"  # 'id' | 'text' | 'id+text' (see the module docstring)
   fusion: str = "sum"  # 'sum' | 'concat' | 'gate', used by 'id+text'
   text_emb: FrozenArray | None = None  # [num_items, text_dim] frozen text embeddings T
   score: str = "cosine"  # 'cosine' | 'dot' (see the module docstring)
   positions: str = "start"  # 'start' | 'end' (see the module docstring)
-  final_norm: bool = True  # 'dot' only: the final affine LN of pre-LN SASRec (off for post-LN blocks)
   # Logical axes of params by name (train/mesh.py maps them to mesh axes with cfg.mesh.rules; others
   # are replicated). A table, not nn.with_logical_partitioning boxes, so model.init's params stay arrays.
   PARAM_AXES = {"item_emb": ("vocab", "embed")}
@@ -119,7 +120,7 @@ class SequentialRecommender(nn.Module):
       self.text_proj = nn.Dense(d)
     if self.item_features != "text":
       # RecBole / S3-Rec draw every embedding from N(0, 0.02²); the HSTU reference truncates at ±2σ.
-      item_init = nn.initializers.normal(0.02) if self.pos_init == "normal_0.02" else truncated_normal_2sigma(0.02)
+      item_init = nn.initializers.normal(0.02) if self.input_norm else truncated_normal_2sigma(0.02)
       self.item_emb = self.param("item_emb", item_init, (self.num_items, d))
     if self.item_features == "id+text":
       if self.fusion not in FUSIONS:
@@ -140,7 +141,7 @@ class SequentialRecommender(nn.Module):
       self.input_ln = nn.LayerNorm(epsilon=1e-12)
     if self.score not in SCORES:
       raise ValueError(f"score {self.score!r} not in {SCORES}")
-    if self.score == "dot" and self.final_norm:
+    if self.score == "dot" and not self.input_norm:
       self.out_norm = nn.LayerNorm(epsilon=1e-8)
     if self.positions not in POSITIONS:
       raise ValueError(f"positions {self.positions!r} not in {POSITIONS}")
@@ -164,7 +165,7 @@ class SequentialRecommender(nn.Module):
     else:
       y_BxNxD = self.encoder(x_BxNxD, seg_BxN, deterministic)
     if self.score == "dot":
-      u_BxNxD = self.out_norm(y_BxNxD) if self.final_norm else y_BxNxD
+      u_BxNxD = y_BxNxD if self.input_norm else self.out_norm(y_BxNxD)
       return u_BxNxD * mask_BxN[..., None]
     return l2_normalize(y_BxNxD) * mask_BxN[..., None]
 
@@ -245,7 +246,7 @@ def build_model(
         attention_impl=impl,
         attention_block=block,
     )
-    pos_init, input_norm, final_norm = "xavier_normal", False, True
+    pos_init, input_norm = "xavier_normal", False
   elif m.name == "sasrec":
     block = m.get("sasrec_block", "pre_ln")
     if block not in SASREC_BLOCKS:
@@ -258,7 +259,7 @@ def build_model(
           dropout_rate=m.dropout,
           attn_dropout_rate=m.get("attn_dropout", m.dropout),
       )
-      pos_init, input_norm, final_norm = "normal_0.02", True, False
+      pos_init, input_norm = "normal_0.02", True
     else:
       encoder = SASRecEncoder(
           num_blocks=m.num_blocks,
@@ -266,7 +267,7 @@ def build_model(
           ffn_hidden_dim=m.ffn_hidden_dim,
           dropout_rate=m.dropout,
       )
-      pos_init, input_norm, final_norm = "truncated_normal", False, True
+      pos_init, input_norm = "truncated_normal", False
   else:
     raise ConfigError(f"unknown model {m.name!r}; expected 'hstu' or 'sasrec'")
   return SequentialRecommender(
@@ -282,5 +283,4 @@ def build_model(
       text_emb=frozen,
       score=score,
       positions=positions,
-      final_norm=final_norm,
   )
